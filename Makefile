@@ -1,0 +1,41 @@
+# p2pfed — the two set-up commands are `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# torch's pinned CPU wheel is installed first so that pip never resolves the
+# multi-GB CUDA build for the loose `torch>=2.3` in pyproject.toml.
+TORCH_PIN ?= torch==2.13.0
+OUT    ?= runs/default
+
+.PHONY: run test lint typecheck check clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet "$(TORCH_PIN)"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/p2pfed run --out $(OUT)
+
+test: $(STAMP)
+	$(BIN)/ruff check p2pfed tests scripts
+	$(BIN)/ruff format --check p2pfed tests scripts
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check p2pfed tests scripts
+	$(BIN)/ruff format --check p2pfed tests scripts
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

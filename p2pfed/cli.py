@@ -1,0 +1,115 @@
+"""The ``p2pfed`` command line.
+
+::
+
+    p2pfed run [CONFIG] [--set path.to.key=value ...] [--out DIR] [--progress MODE]
+    p2pfed topology show FILE [--png PATH] [--seed N]
+
+Exit codes: 0 success; 1 the run failed; 2 bad input (config, topology file, overrides) —
+reported as one line naming the file and key, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from p2pfed import __version__
+from p2pfed.errors import ConfigError, P2PFedError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="p2pfed",
+        description="Peer-to-peer federated learning simulations.",
+    )
+    parser.add_argument("--version", action="version", version=f"p2pfed {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run an experiment and write its run directory")
+    run.add_argument("config", nargs="?", help="experiment YAML (default: the embedded default)")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set protocol.rounds=20 (repeatable)",
+    )
+    run.add_argument("--out", help="run directory (default: output.dir or runs/NAME-TIME)")
+    run.add_argument("--progress", choices=["auto", "bar", "plain", "off"], help="progress display")
+
+    topo = sub.add_parser("topology", help="inspect topology files")
+    topo_sub = topo.add_subparsers(dest="topology_command", required=True)
+    show = topo_sub.add_parser("show", help="print a topology's statistics and draw it")
+    show.add_argument("file", help="topology YAML file")
+    show.add_argument("--png", help="where to write the drawing (default: FILE with .png)")
+    show.add_argument("--seed", type=int, default=0, help="seed for random topologies")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _cmd_run(args)
+        return _cmd_topology_show(args)
+    except ConfigError as exc:
+        print(f"p2pfed: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except P2PFedError as exc:
+        print(f"p2pfed: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("p2pfed: interrupted", file=sys.stderr)
+        return 130
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from p2pfed.experiment import run
+
+    result = run(args.config, out=args.out, overrides=args.overrides, progress=args.progress)
+    s = result.summary
+    final = s["final"]
+    print(f"run directory : {result.run_dir}")
+    print(f"status        : {s['status']}")
+    print(
+        f"accuracy      : mean {final['mean_acc']:.4f}  min {final['min_acc']:.4f}  "
+        f"max {final['max_acc']:.4f}  ({s['peers']} peers)"
+    )
+    print(f"virtual time  : {s['virtual_time']:.2f} s   wall time: {s['wall_time_s']:.2f} s")
+    msgs, b = s["messages"], s["bytes"]
+    print(
+        f"messages      : {msgs.get('sent', 0)} sent, {msgs.get('lost', 0)} lost, "
+        f"{b['total'] / 1e6:.2f} MB ({b['payload'] / 1e6:.2f} MB payload)"
+    )
+    return EXIT_OK if s["status"] == "completed" else EXIT_FAILED
+
+
+def _cmd_topology_show(args: argparse.Namespace) -> int:
+    from p2pfed.topology import (
+        build_schedule,
+        describe,
+        draw,
+        format_description,
+        load_topology_spec,
+    )
+
+    spec = load_topology_spec(args.file)
+    try:
+        schedule = build_schedule(spec, seed=args.seed)
+    except P2PFedError as exc:
+        raise ConfigError(str(exc), source=args.file) from None
+    print(format_description(describe(schedule)))
+    png = Path(args.png) if args.png else Path(args.file).with_suffix(".png")
+    draw(schedule.at(0), png, title=schedule.name)
+    print(f"drawing       : {png}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""Experiment configuration: one YAML file, loaded into nested, frozen, validated objects.
+
+Each component owns its section and its defaults (``TopologySpec`` in ``p2pfed.topology``,
+``DataConfig`` in ``p2pfed.data`` and so on); this module composes them, checks what spans
+sections, applies ``--set path.to.key=value`` overrides, and turns every validation problem
+into one :class:`~p2pfed.errors.ConfigError` that names the file and the dotted key.
+
+A topology may be inline (``topology: {kind: ring, n: 16}``) or come from a file
+(``topology: {file: topologies/ring16.yaml}``), with inline keys overriding the file's.
+Relative paths resolve against the config file's folder first, then the working directory.
+The resolved config — file contents inlined — is what a run directory records.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from p2pfed.data import DataConfig, PartitionConfig
+from p2pfed.errors import ConfigError
+from p2pfed.models import ModelConfig
+from p2pfed.timing import NetworkConfig, TimeConfig
+from p2pfed.topology import TopologySpec
+from p2pfed.training import TrainingConfig
+
+DEFAULT_CONFIG = "default.yaml"
+
+
+class ProtocolConfig(BaseModel):
+    """Which gossip protocol the peers run."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["dpsgd", "gossip", "pushsum"] = "dpsgd"
+    rounds: int = Field(50, ge=1, description="local training rounds per peer")
+    timeout: float | None = Field(
+        None,
+        gt=0,
+        description="seconds a peer waits for its neighbours (dpsgd) or for a gossip reply "
+        "before moving on; null picks one from the time and network models",
+    )
+
+
+class EvalConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    interval: float | None = Field(
+        None, gt=0, description="virtual seconds between evaluations; null: about once a round"
+    )
+
+
+class OutputConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dir: str | None = Field(None, description="run directory; null: runs/<name>-<timestamp>")
+    log_level: Literal["debug", "info", "warning"] = "info"
+    progress: Literal["auto", "bar", "plain", "off"] = "auto"
+
+
+class ExperimentConfig(BaseModel):
+    """A whole experiment."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field("experiment", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = Field(0, ge=0)
+    topology: TopologySpec = TopologySpec()
+    data: DataConfig = DataConfig()
+    partition: PartitionConfig = PartitionConfig()
+    model: ModelConfig = ModelConfig()
+    protocol: ProtocolConfig = ProtocolConfig()
+    training: TrainingConfig = TrainingConfig()
+    time: TimeConfig = TimeConfig()
+    network: NetworkConfig = NetworkConfig()
+    eval: EvalConfig = EvalConfig()
+    output: OutputConfig = OutputConfig()
+
+    @model_validator(mode="after")
+    def _cross_section(self) -> ExperimentConfig:
+        if self.model.kind == "cnn" and self.data.dataset == "synthetic":
+            raise ValueError("model.kind cnn needs image data; data.dataset synthetic is tabular")
+        n = self.topology.n
+        for peer in self.time.slowdown:
+            if peer >= n:
+                raise ValueError(f"time.slowdown names peer {peer}, but the topology has {n}")
+        return self
+
+    @property
+    def num_peers(self) -> int:
+        return self.topology.n
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# --- loading ----------------------------------------------------------------------------
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Load an experiment file (``None``: the embedded default) and apply ``k=v`` overrides."""
+    if path is None:
+        text = importlib.resources.files("p2pfed.defaults").joinpath(DEFAULT_CONFIG).read_text()
+        source, base_dir = f"<default {DEFAULT_CONFIG}>", Path.cwd()
+    else:
+        p = Path(path)
+        source, base_dir = str(p), p.resolve().parent
+        try:
+            text = p.read_text()
+        except FileNotFoundError:
+            raise ConfigError("config file not found", source=source) from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file: {exc.strerror}", source=source) from None
+    data = _parse_yaml(text, source)
+    for item in overrides:
+        apply_override(data, item, source)
+    return config_from_mapping(data, source=source, base_dir=base_dir)
+
+
+def config_from_mapping(
+    data: Mapping[str, Any], *, source: str = "<mapping>", base_dir: Path | None = None
+) -> ExperimentConfig:
+    """Validate a raw mapping (as parsed from YAML) into an :class:`ExperimentConfig`."""
+    raw = dict(data)
+    topo_source: dict[str, str] = {}
+    topo = raw.get("topology")
+    if isinstance(topo, Mapping) and "file" in topo:
+        raw["topology"], topo_source = _merge_topology_file(topo, source, base_dir or Path.cwd())
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise _config_error(exc, source, topo_source) from None
+
+
+def apply_override(data: dict[str, Any], item: str, source: str) -> None:
+    """Apply one ``path.to.key=value`` override in place; the value is parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like path.to.key=value", source="--set")
+    key, _, text = item.partition("=")
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override {item!r} has an empty key part", source="--set")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ConfigError(f"cannot parse value {text!r}", source="--set", key=key) from None
+    node: dict[str, Any] = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            where = ".".join(parts[: i + 1])
+            raise ConfigError(f"{where} is not a section, cannot set {key}", source="--set")
+        node = child
+    node[parts[-1]] = value
+
+
+def _parse_yaml(text: str, source: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"not valid YAML{where}", source=source) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError("the top level must be a mapping of sections", source=source)
+    return data
+
+
+def resolve_path(name: str, base_dir: Path) -> Path | None:
+    """Find ``name`` relative to ``base_dir``, then to the working directory."""
+    p = Path(name).expanduser()
+    candidates = [p] if p.is_absolute() else [base_dir / p, Path.cwd() / p]
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def _merge_topology_file(
+    inline: Mapping[str, Any], source: str, base_dir: Path
+) -> tuple[dict[str, Any], dict[str, str]]:
+    name = inline["file"]
+    if not isinstance(name, str):
+        raise ConfigError("must be a path", source=source, key="topology.file")
+    path = resolve_path(name, base_dir)
+    if path is None:
+        raise ConfigError(
+            f"topology file {name!r} not found (looked in {base_dir} and {Path.cwd()})",
+            source=source,
+            key="topology.file",
+        )
+    from_file = _parse_yaml(path.read_text(), str(path))
+    merged = {**from_file, **{k: v for k, v in inline.items() if k != "file"}}
+    # Remember which keys came from the file, so an error there names that file.
+    origins = {k: str(path) for k in from_file if k not in inline}
+    origins[""] = str(path)
+    return merged, origins
+
+
+def _config_error(exc: ValidationError, source: str, topo_source: Mapping[str, str]) -> ConfigError:
+    err = exc.errors()[0]
+    loc = [str(x) for x in err["loc"]]
+    key = ".".join(loc) or None
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif err["type"] == "missing":
+        msg = "required key is missing"
+    where = source
+    if loc and loc[0] == "topology" and topo_source:
+        where = topo_source.get(loc[1] if len(loc) > 1 else "", topo_source[""])
+        if len(loc) == 1:
+            where = f"{source} (topology from {topo_source['']})"
+    return ConfigError(msg, source=where, key=key)

@@ -1,0 +1,95 @@
+"""Typed, frozen settings for loading a dataset and splitting it across peers.
+
+Both models reject unknown keys and impossible values at construction, so a bad experiment
+file fails before any data is touched. :func:`p2pfed.data.load_dataset` and
+:func:`p2pfed.data.partition` read them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# make_classification places each class's clusters on the vertices of a hypercube in the
+# informative subspace, so it needs classes * clusters <= 2 ** informative.
+SYNTHETIC_CLUSTERS_PER_CLASS = 2
+
+
+class DataConfig(BaseModel):
+    """Which dataset to load and how much of it to hold out for testing.
+
+    ``samples_per_peer`` .. ``class_sep`` only affect ``dataset="synthetic"``; ``path`` only
+    ``dataset="npz"`` (a ``.npz`` archive holding ``x`` (N, ...) and integer labels ``y`` (N,)).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dataset: Literal["digits", "mnist", "synthetic", "npz"] = "digits"
+    test_fraction: float = Field(
+        0.2, gt=0.0, lt=1.0, allow_inf_nan=False, description="share of samples held out"
+    )
+    path: str | None = Field(None, description="the .npz file; required for dataset npz")
+    samples_per_peer: int = Field(
+        200, ge=1, description="synthetic: training samples per peer (size scales with peers)"
+    )
+    features: int = Field(32, ge=2, description="synthetic: feature count")
+    classes: int = Field(10, ge=2, description="synthetic: class count")
+    informative: int | None = Field(
+        None, ge=1, description="synthetic: informative features; default features // 2"
+    )
+    class_sep: float = Field(
+        1.0, gt=0.0, allow_inf_nan=False, description="synthetic: hypercube size"
+    )
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> DataConfig:
+        if self.dataset == "npz" and not self.path:
+            raise ValueError("path: required when dataset is 'npz' (a .npz file with x and y)")
+        if self.dataset != "npz" and self.path is not None:
+            raise ValueError(f"path: only used by dataset 'npz', not {self.dataset!r}")
+        if self.informative is not None and self.informative > self.features:
+            raise ValueError(f"informative: {self.informative} exceeds features={self.features}")
+        if self.dataset == "synthetic":
+            needed = self.classes * SYNTHETIC_CLUSTERS_PER_CLASS
+            if needed > 2**self.n_informative:
+                raise ValueError(
+                    f"informative: {self.n_informative} informative features cannot separate "
+                    f"{self.classes} classes x {SYNTHETIC_CLUSTERS_PER_CLASS} clusters "
+                    f"(needs 2**informative >= {needed}); raise features or informative"
+                )
+        return self
+
+    @property
+    def n_informative(self) -> int:
+        """``informative`` with its default resolved: ``min(features, max(2, features // 2))``."""
+        if self.informative is not None:
+            return self.informative
+        return min(self.features, max(2, self.features // 2))
+
+
+class PartitionConfig(BaseModel):
+    """How training samples are dealt to peers (the non-IID scheme).
+
+    * ``iid``: uniform shuffle, equal sizes.
+    * ``dirichlet``: label skew, per-class proportions ~ Dir(``alpha``) (Hsu, Qi & Brown 2019).
+      Smaller ``alpha`` means more skew.
+    * ``shards``: each peer holds exactly ``classes_per_peer`` classes (McMahan et al. 2017;
+      the "#C=k" label-quantity skew of Li et al. 2022).
+    * ``quantity_skew``: IID labels, dataset sizes ~ Dir(``beta``) (Li et al. 2022).
+
+    Every scheme gives each peer at least ``min_samples`` training samples or raises
+    :class:`~p2pfed.errors.DataError`.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    scheme: Literal["iid", "dirichlet", "shards", "quantity_skew"] = "dirichlet"
+    alpha: float = Field(
+        0.5, gt=0.0, allow_inf_nan=False, description="dirichlet: label concentration"
+    )
+    classes_per_peer: int = Field(2, ge=1, description="shards: distinct classes per peer")
+    beta: float = Field(
+        1.0, gt=0.0, allow_inf_nan=False, description="quantity_skew: size concentration"
+    )
+    min_samples: int = Field(8, ge=1, description="fewest training samples any peer may hold")

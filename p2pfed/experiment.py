@@ -1,0 +1,322 @@
+"""Build an experiment from its config, run it, and keep its results.
+
+This is the shell around the pure core: it resolves the config, derives every random stream
+from the one run seed, builds topology, data shards, models, trainers and protocol
+instances, hands them to a runtime, and records the run directory (see
+:mod:`p2pfed.results`).
+
+Seeding: ``SeedSequence(seed)`` spawns one child per concern (topology, data split,
+partition, model init, network, compute cost, peers) and the peers' child spawns one stream
+per peer, so adding a peer or a concern never shifts another's draws. All peers start from
+the same initial model, as in D-PSGD and its successors.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from p2pfed.config import (
+    EvalConfig,
+    ExperimentConfig,
+    ProtocolConfig,
+    apply_override,
+    config_from_mapping,
+    load_config,
+)
+from p2pfed.data import Dataset, label_histograms, load_dataset, partition
+from p2pfed.errors import ConfigError, DataError, ModelError, ProtocolError, TopologyError
+from p2pfed.models import build_model, get_flat, num_parameters
+from p2pfed.progress import ProgressReporter
+from p2pfed.protocol import PROTOCOLS, Codec, build_protocol
+from p2pfed.protocol.core import Protocol
+from p2pfed.results import RunRecorder, final_accuracy, read_metrics
+from p2pfed.runtime.base import PeerSlot, Tap
+from p2pfed.runtime.local import LocalRuntime, RunOutcome
+from p2pfed.timing import CostModel, NetworkModel
+from p2pfed.topology import TopologySchedule, build_schedule
+from p2pfed.training import Evaluator, LocalTrainer
+
+_STREAMS = ("topology", "data", "partition", "model", "network", "cost", "peers")
+# msgpack envelope and field names around a model vector, for timeout estimates only
+_FRAME_OVERHEAD = 128
+
+
+@dataclass(frozen=True)
+class Result:
+    """What :func:`run` returns: where the run lives and how it ended."""
+
+    run_dir: Path
+    config: ExperimentConfig
+    summary: dict[str, Any]
+
+    @property
+    def mean_accuracy(self) -> float:
+        return float(self.summary["final"]["mean_acc"])
+
+    def metrics(self) -> list[dict[str, Any]]:
+        return read_metrics(self.run_dir)
+
+
+@dataclass
+class Built:
+    """Everything a runtime needs, built from one config and one seed."""
+
+    config: ExperimentConfig  # resolved: automatic choices filled in
+    schedule: TopologySchedule
+    dataset: Dataset
+    shards: list[np.ndarray]
+    peers: list[PeerSlot]
+    codec: Codec
+    network: NetworkModel
+    cost: CostModel
+    evaluator: Evaluator
+    num_params: int
+
+
+def _int_seed(ss: np.random.SeedSequence) -> int:
+    return int(ss.generate_state(1, dtype=np.uint32)[0])
+
+
+def build(config: ExperimentConfig) -> Built:
+    """Build every part of an experiment (no I/O, no run)."""
+    n = config.num_peers
+    children = np.random.SeedSequence(config.seed).spawn(len(_STREAMS))
+    streams = dict(zip(_STREAMS, children, strict=True))
+    schedule = build_schedule(config.topology, seed=_int_seed(streams["topology"]))
+    dataset = load_dataset(config.data, n, np.random.default_rng(streams["data"]))
+    shards = partition(
+        dataset.y_train, n, config.partition, np.random.default_rng(streams["partition"])
+    )
+
+    model_seed = _int_seed(streams["model"])
+
+    def new_model() -> torch.nn.Module:
+        return build_model(
+            config.model, dataset.num_features, dataset.num_classes, dataset.image_shape, model_seed
+        )
+
+    template = new_model()
+    params0 = get_flat(template)
+    cost = CostModel(config.time, n, np.random.default_rng(streams["cost"]))
+    network = NetworkModel(config.network, n, np.random.default_rng(streams["network"]))
+
+    peer_streams = streams["peers"].spawn(n)
+    trainers = []
+    for i in range(n):
+        train_ss, _ = peer_streams[i].spawn(2)
+        idx = shards[i]
+        trainers.append(
+            LocalTrainer(
+                new_model(),
+                dataset.x_train[idx],
+                dataset.y_train[idx],
+                config.training,
+                np.random.default_rng(train_ss),
+            )
+        )
+
+    config = _resolve_automatic(config, trainers, cost, network, params0.size)
+    pcfg, tcfg = config.protocol, config.training
+    peers = []
+    for i in range(n):
+        _, proto_ss = peer_streams[i].spawn(2)
+        protocol: Protocol[Any] = build_protocol(
+            pcfg.kind,
+            i,
+            schedule,
+            rounds=pcfg.rounds,
+            seed=_int_seed(proto_ss),
+            epochs=tcfg.local_epochs,
+            steps=tcfg.local_steps,
+            timeout=pcfg.timeout,
+        )
+        peers.append(PeerSlot(i, protocol, protocol.initial_state(params0), trainers[i]))
+
+    codec = Codec(PROTOCOLS[pcfg.kind].messages)  # type: ignore[attr-defined]
+    evaluator = Evaluator(template, dataset.x_test, dataset.y_test)
+    return Built(
+        config,
+        schedule,
+        dataset,
+        shards,
+        peers,
+        codec,
+        network,
+        cost,
+        evaluator,
+        num_parameters(template),
+    )
+
+
+def _resolve_automatic(
+    config: ExperimentConfig,
+    trainers: Sequence[LocalTrainer],
+    cost: CostModel,
+    network: NetworkModel,
+    num_params: int,
+) -> ExperimentConfig:
+    """Fill in the choices left to p2pfed (timeout, evaluation interval), so the resolved
+    config records the values actually used."""
+    tcfg = config.training
+    per_round = [
+        cost.expected_train_time(i, t.samples_per_round(tcfg.local_epochs, tcfg.local_steps))
+        for i, t in enumerate(trainers)
+    ]
+    delay = network.expected_delay(4 * num_params + _FRAME_OVERHEAD)
+    slowest = max(per_round)
+    pcfg = config.protocol
+    if pcfg.timeout is None and pcfg.kind != "pushsum":
+        # D-PSGD waits for its neighbours' training; a gossip reply needs only a round trip.
+        wait = 2 * slowest + 10 * delay if pcfg.kind == "dpsgd" else 10 * delay
+        pcfg = ProtocolConfig(kind=pcfg.kind, rounds=pcfg.rounds, timeout=_round_up(wait))
+    ecfg = config.eval
+    if ecfg.interval is None:
+        round_time = slowest + (2 if pcfg.kind == "gossip" else 1) * delay
+        ecfg = EvalConfig(interval=_round_up(round_time))
+    return config.model_copy(update={"protocol": pcfg, "eval": ecfg})
+
+
+def _round_up(x: float) -> float:
+    """Round up to 3 significant digits, so resolved configs read cleanly."""
+    if x <= 0:
+        return x
+    scale = 10 ** (math.floor(math.log10(x)) - 2)
+    return math.ceil(x / scale) * scale
+
+
+def _run_dir(config: ExperimentConfig, out: str | Path | None) -> Path:
+    if out is not None:
+        return Path(out)
+    if config.output.dir is not None:
+        return Path(config.output.dir)
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / f"{config.name}-{stamp}"
+    path, k = base, 1
+    while path.exists():
+        k += 1
+        path = base.with_name(f"{base.name}-{k}")
+    return path
+
+
+def run(
+    config: ExperimentConfig | str | Path | Mapping[str, Any] | None = None,
+    *,
+    out: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    taps: Sequence[Tap] = (),
+    progress: str | None = None,
+) -> Result:
+    """Run one experiment and return its :class:`Result`.
+
+    ``config`` is a config object, a YAML path, a raw mapping, or ``None`` for the embedded
+    default. ``taps`` see every frame that enters the wire (adversaries and tests use them).
+    """
+    if isinstance(config, ExperimentConfig):
+        if overrides:
+            raise ValueError("overrides apply to files and mappings, not to config objects")
+        cfg, source = config, "<config>"
+    elif isinstance(config, Mapping):
+        data = dict(config)
+        for item in overrides:
+            apply_override(data, item, "<mapping>")
+        cfg, source = config_from_mapping(data), "<mapping>"
+    else:
+        cfg = load_config(config, overrides)
+        source = str(config) if config is not None else "<default config>"
+
+    wall0 = time.perf_counter()
+    try:
+        built = build(cfg)
+    except (TopologyError, DataError, ModelError, ProtocolError) as exc:
+        # Raised before anything ran: the config asked for something impossible.
+        raise ConfigError(str(exc), source=source) from None
+    cfg = built.config
+    run_dir = _run_dir(cfg, out)
+    run_id = run_dir.name
+    recorder = RunRecorder(run_dir, run_id, cfg.output.log_level)
+    recorder.write_config(cfg.to_yaml(), header=f"# resolved config of run {run_id}\n")
+    recorder.write_label_histograms(
+        label_histograms(built.dataset.y_train, built.shards, built.dataset.num_classes)
+    )
+    recorder.log.info(
+        "run_started",
+        t=0.0,
+        peers=cfg.num_peers,
+        topology=built.schedule.name,
+        spectral_gap=round(float(built.schedule.spectral_gap), 6),
+        protocol=cfg.protocol.kind,
+        params=built.num_params,
+        seed=cfg.seed,
+    )
+    runtime = LocalRuntime(
+        built.peers,
+        built.codec,
+        built.network,
+        built.cost,
+        built.evaluator,
+        eval_interval=float(cfg.eval.interval or 1.0),
+        time_limit=cfg.time.limit,
+        observer=recorder,
+        taps=taps,
+    )
+    outcome: RunOutcome | None = None
+    summary: dict[str, Any] = {}
+    try:
+        with ProgressReporter(progress or cfg.output.progress, cfg.name) as bar:  # type: ignore[arg-type]
+            recorder.progress_hook = bar.update
+            outcome = runtime.run()
+    except BaseException as exc:
+        summary = _summary(cfg, built, recorder, None, time.perf_counter() - wall0)
+        summary["status"] = "failed"
+        summary["error"] = f"{type(exc).__name__}: {exc}"
+        recorder.log.error("run_failed", t=runtime.now, error=summary["error"])
+        raise
+    else:
+        summary = _summary(cfg, built, recorder, outcome, time.perf_counter() - wall0)
+        recorder.log.info("run_finished", t=outcome.virtual_time, **summary["final"])
+    finally:
+        recorder.write_edges()
+        recorder.write_summary(summary)
+        recorder.close()
+    return Result(run_dir=run_dir, config=cfg, summary=summary)
+
+
+def _summary(
+    cfg: ExperimentConfig,
+    built: Built,
+    recorder: RunRecorder,
+    outcome: RunOutcome | None,
+    wall: float,
+) -> dict[str, Any]:
+    rows = outcome.final if outcome is not None else recorder.last_rows
+    counters: dict[str, int] = {}
+    for p in built.peers:
+        for k, v in p.counters.items():
+            counters[k] = counters.get(k, 0) + v
+    return {
+        "run_id": recorder.run_id,
+        "status": outcome.status if outcome is not None else "failed",
+        "peers": cfg.num_peers,
+        "protocol": cfg.protocol.kind,
+        "topology": built.schedule.name,
+        "spectral_gap": float(built.schedule.spectral_gap),
+        "params": built.num_params,
+        "final": final_accuracy(rows) if rows else {},
+        "rounds_completed": [p.protocol.progress(p.state) for p in built.peers],
+        "virtual_time": outcome.virtual_time if outcome is not None else None,
+        "wall_time_s": round(wall, 3),
+        "events": outcome.events if outcome is not None else None,
+        "messages": outcome.frames if outcome is not None else {},
+        "bytes": recorder.byte_totals(),
+        "frames_rejected": recorder.rejected,
+        "protocol_events": counters,
+    }

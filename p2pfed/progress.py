@@ -1,0 +1,66 @@
+"""Progress on long runs: a rich bar on an interactive console, plain lines otherwise."""
+
+from __future__ import annotations
+
+import sys
+from types import TracebackType
+from typing import IO, Literal
+
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+ProgressMode = Literal["auto", "bar", "plain", "off"]
+
+
+class ProgressReporter:
+    """Shows completed local rounds (summed over peers) against the total."""
+
+    def __init__(self, mode: ProgressMode, label: str, stream: IO[str] | None = None):
+        self.stream = stream or sys.stderr
+        if mode == "auto":
+            mode = "bar" if self.stream.isatty() else "plain"
+        self.mode = mode
+        self.label = label
+        self._bar: Progress | None = None
+        self._task: int | None = None
+        self._last_decile = -1
+        self._last_completed = -1
+
+    def __enter__(self) -> ProgressReporter:
+        if self.mode == "bar":
+            self._bar = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total} rounds"),
+                TextColumn("t={task.fields[t]:.1f}s virtual"),
+                TimeElapsedColumn(),
+                transient=False,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task(self.label, total=1, t=0.0)
+        return self
+
+    def update(self, t: float, completed: int, total: int) -> None:
+        if completed == self._last_completed:
+            return
+        self._last_completed = completed
+        if self._bar is not None and self._task is not None:
+            self._bar.update(self._task, completed=completed, total=total, t=t)  # type: ignore[arg-type]
+        elif self.mode == "plain" and total > 0:
+            decile = (10 * completed) // total
+            if decile > self._last_decile:
+                self._last_decile = decile
+                print(
+                    f"{self.label}: {10 * decile:3d}% ({completed}/{total} rounds, "
+                    f"t={t:.2f}s virtual)",
+                    file=self.stream,
+                    flush=True,
+                )
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._bar is not None:
+            self._bar.stop()

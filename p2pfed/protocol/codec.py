@@ -1,0 +1,140 @@
+"""Messages on the wire: msgpack frames with tensors as raw bytes plus dtype and shape.
+
+A frame is one msgpack map::
+
+    {"v": 1, "src": 3, "dst": 4, "type": "ModelShare",
+     "body": {"round": 7, "params": {"dt": "<f4", "sh": [4810], "b": <19240 raw bytes>}}}
+
+Arrays travel as their little-endian bytes so a receiver reads them with ``numpy.frombuffer``
+(no copy, read-only). The codec knows only the message types it was built with, so a frame
+naming any other type, carrying extra or missing fields, a dtype outside a small allow-list
+(never ``object``) or a byte count that disagrees with its shape is a :class:`FrameError`,
+never a silently wrong message.
+
+Byte accounting splits every frame into *payload* (the raw array bytes: what a model
+update costs) and *metadata* (everything else: header, field names, scalars).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from p2pfed.errors import FrameError
+from p2pfed.protocol.core import Message
+
+FRAME_VERSION = 1
+
+# Only plain numeric dtypes may cross the wire; object arrays would let a frame run code.
+_ALLOWED_DTYPES = frozenset(
+    np.dtype(t).str for t in ("<f4", "<f8", "<i8", "<i4", "<u4", "<u8", "|u1", "|i1")
+)
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A decoded frame: the envelope and the message it carried."""
+
+    src: int
+    dst: int
+    message: Message
+
+
+@dataclass(frozen=True)
+class FrameSize:
+    """Bytes of one encoded frame, split into payload (array data) and metadata (the rest)."""
+
+    payload: int
+    metadata: int
+
+    @property
+    def total(self) -> int:
+        return self.payload + self.metadata
+
+
+class Codec:
+    """Encodes and decodes the messages of a fixed set of types."""
+
+    def __init__(self, message_types: Iterable[type[Message]]):
+        self._types: dict[str, type[Message]] = {}
+        self._fields: dict[str, frozenset[str]] = {}
+        for cls in message_types:
+            if not (dataclasses.is_dataclass(cls) and issubclass(cls, Message)):
+                raise TypeError(f"{cls!r} is not a Message dataclass")
+            self._types[cls.__name__] = cls
+            self._fields[cls.__name__] = frozenset(f.name for f in dataclasses.fields(cls))
+
+    @property
+    def message_types(self) -> tuple[type[Message], ...]:
+        return tuple(self._types.values())
+
+    def encode(self, src: int, dst: int, message: Message) -> tuple[bytes, FrameSize]:
+        """Encode ``message`` from ``src`` to ``dst``; returns the frame and its byte split."""
+        name = type(message).__name__
+        if self._types.get(name) is not type(message):
+            raise FrameError(f"message type {name} is not known to this codec")
+        payload = 0
+        body: dict[str, Any] = {}
+        for f in dataclasses.fields(message):
+            value = getattr(message, f.name)
+            if isinstance(value, np.ndarray):
+                arr = np.ascontiguousarray(value)
+                if arr.dtype.byteorder == ">":
+                    arr = arr.astype(arr.dtype.newbyteorder("<"))
+                if arr.dtype.str not in _ALLOWED_DTYPES:
+                    raise FrameError(f"dtype {arr.dtype} of field {f.name} cannot be sent")
+                payload += arr.nbytes
+                body[f.name] = {"dt": arr.dtype.str, "sh": list(arr.shape), "b": arr.tobytes()}
+            else:
+                body[f.name] = value
+        frame = msgpack.packb(
+            {"v": FRAME_VERSION, "src": src, "dst": dst, "type": name, "body": body},
+            use_bin_type=True,
+        )
+        return frame, FrameSize(payload=payload, metadata=len(frame) - payload)
+
+    def decode(self, frame: bytes) -> Frame:
+        """Decode a frame; any malformation raises :class:`FrameError`."""
+        try:
+            obj = msgpack.unpackb(frame, raw=False, strict_map_key=True)
+        except (ValueError, msgpack.exceptions.ExtraData, TypeError) as exc:
+            raise FrameError(f"malformed frame: {type(exc).__name__}") from None
+        if not isinstance(obj, dict) or set(obj) != {"v", "src", "dst", "type", "body"}:
+            raise FrameError("malformed frame: bad envelope")
+        if obj["v"] != FRAME_VERSION:
+            raise FrameError(f"unsupported frame version {obj['v']!r}")
+        name, body = obj["type"], obj["body"]
+        cls = self._types.get(name) if isinstance(name, str) else None
+        if cls is None:
+            raise FrameError(f"unknown message type {name!r}")
+        if not isinstance(body, dict) or set(body) != self._fields[name]:
+            raise FrameError(f"fields of {name} do not match its definition")
+        if not (isinstance(obj["src"], int) and isinstance(obj["dst"], int)):
+            raise FrameError("malformed frame: peer ids must be integers")
+        values = {k: _decode_value(k, v) for k, v in body.items()}
+        try:
+            message = cls(**values)
+        except (TypeError, ValueError) as exc:
+            raise FrameError(f"invalid {name}: {exc}") from None
+        return Frame(src=obj["src"], dst=obj["dst"], message=message)
+
+
+def _decode_value(key: str, value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) != {"dt", "sh", "b"}:
+            raise FrameError(f"field {key}: malformed array")
+        dt, shape, raw = value["dt"], value["sh"], value["b"]
+        if dt not in _ALLOWED_DTYPES or not isinstance(raw, bytes):
+            raise FrameError(f"field {key}: dtype {dt!r} not allowed")
+        if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
+            raise FrameError(f"field {key}: bad shape")
+        dtype = np.dtype(dt)
+        if int(np.prod(shape, dtype=np.int64)) * dtype.itemsize != len(raw):
+            raise FrameError(f"field {key}: {len(raw)} bytes do not fit shape {shape}")
+        return np.frombuffer(raw, dtype=dtype).reshape(shape)
+    return value

@@ -1,0 +1,159 @@
+"""The seam between protocols and runtimes: events in, effects out.
+
+A protocol is a pure state machine, one instance per peer::
+
+    state = protocol.initial_state(params0)
+    state, effects = protocol.on_event(state, event)
+
+It never touches the network, a clock or a device. It asks the runtime to act by returning
+effects (:class:`Send`, :class:`Train`, :class:`SetTimer`, :class:`Emit`, :class:`Stop`)
+and learns the outcome through events (:class:`TrainingDone`, :class:`MessageArrived`,
+:class:`TimerFired`). The same code therefore runs in-process under virtual time, on Ray
+actors under wall time, and inside property and stateful tests with no runtime at all.
+
+State objects are dataclasses; ``on_event`` may update the one it was given in place (model
+vectors are large) but always returns the state the caller must keep.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+
+# --- events: what the runtime tells a peer ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Started:
+    """The run has started; the peer may begin work."""
+
+
+@dataclass(frozen=True)
+class TrainingDone:
+    """A :class:`Train` effect finished.
+
+    ``params`` is the trained flat parameter vector (P,), float32; ``base`` is the vector the
+    training started from, so a protocol whose model changed meanwhile (an averaging step that
+    arrived during training) can apply just the local progress ``params - base``.
+    """
+
+    params: np.ndarray
+    base: np.ndarray
+    loss: float
+    samples: int
+
+
+@dataclass(frozen=True)
+class MessageArrived:
+    """A message from ``sender`` was delivered (already decoded from its frame)."""
+
+    sender: int
+    message: Message
+
+
+@dataclass(frozen=True)
+class TimerFired:
+    """A timer set with :class:`SetTimer` fired; ``tag`` is what the peer chose."""
+
+    tag: str
+    round: int
+
+
+@dataclass(frozen=True)
+class PeerDown:
+    """The runtime learned that ``peer`` is gone (crash, departure)."""
+
+    peer: int
+
+
+Event = Started | TrainingDone | MessageArrived | TimerFired | PeerDown
+
+
+# --- messages: what peers say to each other ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Message:
+    """Base of every protocol message. Subclasses are frozen dataclasses whose fields are
+    ints, floats, strings or numpy arrays; :mod:`p2pfed.protocol.codec` turns them into
+    msgpack frames."""
+
+
+# --- effects: what a peer asks the runtime to do ------------------------------------------
+
+
+@dataclass(frozen=True)
+class Send:
+    """Deliver ``message`` to peer ``to`` over the link between them."""
+
+    to: int
+    message: Message
+
+
+@dataclass(frozen=True)
+class Train:
+    """Run local training starting from ``params`` (P,) for ``epochs`` passes over the peer's
+    shard, or for ``steps`` minibatch steps when ``steps`` is set. Answered by
+    :class:`TrainingDone`. A peer has at most one Train in flight."""
+
+    params: np.ndarray
+    epochs: int = 1
+    steps: int | None = None
+
+
+@dataclass(frozen=True)
+class SetTimer:
+    """Fire :class:`TimerFired(tag, round)` after ``delay`` seconds of (virtual or wall) time."""
+
+    delay: float
+    tag: str
+    round: int = 0
+
+
+@dataclass(frozen=True)
+class Emit:
+    """Record a protocol event in the run's event log (``name`` is a past-tense snake_case
+    event name; ``fields`` hold plain JSON values — never parameters or data)."""
+
+    name: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Stop:
+    """The peer has finished its work. It still answers messages (others may be mid-exchange
+    with it) but starts no more training."""
+
+
+Effect = Send | Train | SetTimer | Emit | Stop
+
+
+# --- the protocol interface ---------------------------------------------------------------
+
+S = TypeVar("S")
+
+
+class Protocol(abc.ABC, Generic[S]):
+    """A peer's protocol logic. Subclasses hold only immutable configuration (peer id,
+    topology schedule, hyper-parameters); everything that changes lives in the state ``S``."""
+
+    peer: int
+
+    @abc.abstractmethod
+    def initial_state(self, params: np.ndarray) -> S:
+        """State before :class:`Started`, holding a copy of the initial model ``params``."""
+
+    @abc.abstractmethod
+    def on_event(self, state: S, event: Event) -> tuple[S, list[Effect]]:
+        """Advance the state machine by one event."""
+
+    @abc.abstractmethod
+    def model(self, state: S) -> np.ndarray:
+        """The peer's current model estimate (P,), as used for evaluation."""
+
+    @abc.abstractmethod
+    def progress(self, state: S) -> int:
+        """Completed local rounds, for progress reporting and metrics."""

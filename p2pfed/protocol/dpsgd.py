@@ -1,0 +1,186 @@
+"""Synchronous decentralised SGD (D-PSGD) with neighbour averaging.
+
+Lian et al., "Can Decentralized Algorithms Outperform Centralized Algorithms? A Case Study
+for Decentralized Parallel Stochastic Gradient Descent", NeurIPS 2017; with several local
+steps per round as in Koloskova et al., "A Unified Theory of Decentralized SGD with Changing
+Topology and Local Updates", ICML 2020.
+
+Round r at peer i::
+
+    x_i^{r+1/2} = local training from x_i^r                      (Train effect)
+    send x_i^{r+1/2} to the out-neighbours of W^r                 (Send effects)
+    x_i^{r+1}   = sum_j W^r_ij x_j^{r+1/2}   once every in-neighbour's round-r model arrived
+
+"Synchronous" means each peer waits for its *neighbours'* round-r models, never for a global
+barrier. An optional round timeout bounds the wait: a neighbour whose model has not arrived
+by then is skipped and its weight moves onto the peer's own model, which keeps the row
+stochastic (but no longer doubly stochastic — the mean then drifts, which is the honest
+price of stragglers and lost messages). Models that arrive for a round already closed are
+dropped and counted.
+
+``W^r`` must be doubly stochastic (Metropolis–Hastings weights or a one-peer exponential
+graph); push-sum handles everything else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+from p2pfed.errors import ProtocolError
+from p2pfed.protocol.core import (
+    Effect,
+    Emit,
+    Event,
+    Message,
+    MessageArrived,
+    Protocol,
+    Send,
+    SetTimer,
+    Started,
+    Stop,
+    TimerFired,
+    Train,
+    TrainingDone,
+)
+from p2pfed.topology import TopologySchedule
+
+
+@dataclass(frozen=True)
+class ModelShare(Message):
+    """A peer's half-step model x_i^{r+1/2} for round ``round``."""
+
+    round: int
+    params: np.ndarray  # (P,) float32
+
+
+@dataclass
+class DPSGDState:
+    params: np.ndarray  # (P,) float32, x_i^r
+    round: int = 0
+    phase: str = "idle"  # idle -> training -> mixing -> training ... -> done
+    half: np.ndarray | None = None  # x_i^{r+1/2} while mixing
+    inbox: dict[int, dict[int, np.ndarray]] = field(default_factory=dict)  # round -> sender
+    stale_dropped: int = 0
+    neighbours_skipped: int = 0
+
+
+class DPSGD(Protocol[DPSGDState]):
+    messages: ClassVar[tuple[type[Message], ...]] = (ModelShare,)
+
+    def __init__(
+        self,
+        peer: int,
+        schedule: TopologySchedule,
+        *,
+        rounds: int,
+        epochs: int = 1,
+        steps: int | None = None,
+        round_timeout: float | None = None,
+    ):
+        if rounds < 1:
+            raise ProtocolError("rounds must be at least 1")
+        if schedule.directed and not schedule.at(0).is_doubly_stochastic():
+            raise ProtocolError(
+                f"D-PSGD needs doubly stochastic mixing weights; {schedule.name} is directed "
+                "with push weights: use protocol.kind pushsum"
+            )
+        self.peer = peer
+        self.schedule = schedule
+        self.rounds = rounds
+        self.epochs = epochs
+        self.steps = steps
+        self.round_timeout = round_timeout
+
+    def initial_state(self, params: np.ndarray) -> DPSGDState:
+        return DPSGDState(params=np.array(params, dtype=np.float32))
+
+    def model(self, state: DPSGDState) -> np.ndarray:
+        return state.params
+
+    def progress(self, state: DPSGDState) -> int:
+        return state.round
+
+    def on_event(self, state: DPSGDState, event: Event) -> tuple[DPSGDState, list[Effect]]:
+        if isinstance(event, Started):
+            state.phase = "training"
+            return state, [self._train(state)]
+        if isinstance(event, TrainingDone) and state.phase == "training":
+            return self._on_trained(state, event)
+        if isinstance(event, MessageArrived) and isinstance(event.message, ModelShare):
+            return self._on_share(state, event.sender, event.message)
+        if (
+            isinstance(event, TimerFired)
+            and event.tag == "round_timeout"
+            and state.phase == "mixing"
+            and event.round == state.round
+        ):
+            return self._mix(state, force=True)
+        return state, []
+
+    def _train(self, state: DPSGDState) -> Train:
+        return Train(params=state.params, epochs=self.epochs, steps=self.steps)
+
+    def _on_trained(
+        self, state: DPSGDState, event: TrainingDone
+    ) -> tuple[DPSGDState, list[Effect]]:
+        state.half = np.asarray(event.params, dtype=np.float32)
+        state.phase = "mixing"
+        topo = self.schedule.at(state.round)
+        effects: list[Effect] = [
+            Send(to=j, message=ModelShare(round=state.round, params=state.half))
+            for j in topo.out_neighbours(self.peer)
+        ]
+        if self.round_timeout is not None:
+            effects.append(SetTimer(self.round_timeout, "round_timeout", state.round))
+        state, more = self._mix(state, force=False)
+        return state, effects + more
+
+    def _on_share(
+        self, state: DPSGDState, sender: int, msg: ModelShare
+    ) -> tuple[DPSGDState, list[Effect]]:
+        if msg.round < state.round or state.phase == "done":
+            state.stale_dropped += 1
+            return state, [Emit("stale_model_dropped", {"sender": sender, "round": msg.round})]
+        if sender not in self.schedule.at(msg.round).in_neighbours(self.peer):
+            state.stale_dropped += 1
+            return state, [Emit("unexpected_model_dropped", {"sender": sender})]
+        state.inbox.setdefault(msg.round, {})[sender] = msg.params
+        if state.phase == "mixing" and msg.round == state.round:
+            return self._mix(state, force=False)
+        return state, []
+
+    def _mix(self, state: DPSGDState, *, force: bool) -> tuple[DPSGDState, list[Effect]]:
+        assert state.half is not None
+        topo = self.schedule.at(state.round)
+        received = state.inbox.get(state.round, {})
+        expected = topo.in_neighbours(self.peer)
+        missing = [j for j in expected if j not in received]
+        if missing and not force:
+            return state, []
+        # x_i <- W_ii x_i + sum_j W_ij x_j; a missing neighbour's weight stays with i.
+        self_weight = topo.weight(self.peer, self.peer) + sum(
+            topo.weight(self.peer, j) for j in missing
+        )
+        mixed = self_weight * state.half.astype(np.float64)
+        for j in expected:
+            if j in received:
+                mixed += topo.weight(self.peer, j) * received[j]
+        effects: list[Effect] = []
+        if missing:
+            state.neighbours_skipped += len(missing)
+            effects.append(Emit("neighbours_skipped", {"round": state.round, "peers": missing}))
+        state.params = mixed.astype(np.float32)
+        state.half = None
+        state.inbox.pop(state.round, None)
+        state.round += 1
+        if state.round >= self.rounds:
+            state.phase = "done"
+            state.inbox.clear()
+            effects.append(Stop())
+        else:
+            state.phase = "training"
+            effects.append(self._train(state))
+        return state, effects

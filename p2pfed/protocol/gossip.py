@@ -1,0 +1,173 @@
+"""Asynchronous pairwise gossip (AD-PSGD style).
+
+Lian et al., "Asynchronous Decentralized Parallel Stochastic Gradient Descent", ICML 2018;
+pairwise averaging as in Boyd et al., "Randomized Gossip Algorithms", IEEE Trans. IT 2006.
+
+Each peer loops on its own clock: train locally, then average with one neighbour drawn at
+random from its own generator. There is no round barrier; a fast peer simply gossips more
+often. The exchange is two messages::
+
+    i -> j : GossipRequest(nonce, x_i)          i remembers the x_i it sent
+    j      : replies GossipReply(nonce, x_j), then x_j += (x_i - x_j) / 2
+    i      : on the reply, x_i += (x_j - x_i_sent) / 2
+
+Both corrections use the *same pair of values* (what i sent, what j replied), so they cancel
+exactly: the network sum is preserved however exchanges interleave with each other and with
+local training — no lock is needed. AD-PSGD needs an atomic averaging step for the same
+reason. A training run that overlaps an exchange keeps its progress: on TrainingDone the
+peer adds ``params - base`` (its local progress) to whatever its model has become.
+
+A lost request costs one round; a lost reply makes the pair disagree about the correction
+(j applied it, i did not), which is exactly what a lossy link does to real gossip. A reply
+that arrives after the peer gave up waiting is still applied, so late replies keep the sum.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+from p2pfed.errors import ProtocolError
+from p2pfed.protocol.core import (
+    Effect,
+    Emit,
+    Event,
+    Message,
+    MessageArrived,
+    Protocol,
+    Send,
+    SetTimer,
+    Started,
+    Stop,
+    TimerFired,
+    Train,
+    TrainingDone,
+)
+from p2pfed.topology import TopologySchedule
+
+
+@dataclass(frozen=True)
+class GossipRequest(Message):
+    nonce: int
+    params: np.ndarray  # (P,) float32
+
+
+@dataclass(frozen=True)
+class GossipReply(Message):
+    nonce: int
+    params: np.ndarray  # (P,) float32
+
+
+@dataclass
+class GossipState:
+    params: np.ndarray  # (P,) float64 while in the state, so repeated halving stays exact
+    rng: np.random.Generator
+    round: int = 0
+    phase: str = "idle"  # idle -> training -> waiting -> training ... -> done
+    sent: dict[int, np.ndarray] = field(default_factory=dict)  # nonce -> x_i as sent
+    exchanges: int = 0
+    timeouts: int = 0
+
+
+class AsyncGossip(Protocol[GossipState]):
+    messages: ClassVar[tuple[type[Message], ...]] = (GossipRequest, GossipReply)
+
+    #: how many unanswered requests a peer remembers before it forgets the oldest
+    MAX_PENDING = 8
+
+    def __init__(
+        self,
+        peer: int,
+        schedule: TopologySchedule,
+        *,
+        rounds: int,
+        seed: int,
+        epochs: int = 1,
+        steps: int | None = None,
+        reply_timeout: float | None = None,
+    ):
+        if rounds < 1:
+            raise ProtocolError("rounds must be at least 1")
+        self.peer = peer
+        self.schedule = schedule
+        self.rounds = rounds
+        self.seed = seed
+        self.epochs = epochs
+        self.steps = steps
+        self.reply_timeout = reply_timeout
+
+    def initial_state(self, params: np.ndarray) -> GossipState:
+        return GossipState(
+            params=np.array(params, dtype=np.float64), rng=np.random.default_rng(self.seed)
+        )
+
+    def model(self, state: GossipState) -> np.ndarray:
+        return state.params.astype(np.float32)
+
+    def progress(self, state: GossipState) -> int:
+        return state.round
+
+    def on_event(self, state: GossipState, event: Event) -> tuple[GossipState, list[Effect]]:
+        if isinstance(event, Started):
+            state.phase = "training"
+            return state, [self._train(state)]
+        if isinstance(event, TrainingDone) and state.phase == "training":
+            state.params += np.asarray(event.params, np.float64) - event.base
+            return self._start_exchange(state)
+        if isinstance(event, MessageArrived):
+            msg = event.message
+            if isinstance(msg, GossipRequest):
+                reply = GossipReply(nonce=msg.nonce, params=state.params.astype(np.float32))
+                state.params += (msg.params - reply.params) / 2.0
+                return state, [Send(to=event.sender, message=reply)]
+            if isinstance(msg, GossipReply):
+                return self._on_reply(state, msg)
+        if (
+            isinstance(event, TimerFired)
+            and event.tag == "reply_timeout"
+            and state.phase == "waiting"
+            and event.round == state.round
+        ):
+            state.timeouts += 1
+            return self._finish_round(state, [Emit("gossip_timed_out", {"round": state.round})])
+        return state, []
+
+    def _train(self, state: GossipState) -> Train:
+        return Train(params=state.params.astype(np.float32), epochs=self.epochs, steps=self.steps)
+
+    def _start_exchange(self, state: GossipState) -> tuple[GossipState, list[Effect]]:
+        candidates = self.schedule.at(state.round).out_neighbours(self.peer)
+        partner = int(candidates[state.rng.integers(len(candidates))])
+        sent = state.params.astype(np.float32)
+        state.sent[state.round] = sent
+        while len(state.sent) > self.MAX_PENDING:
+            del state.sent[min(state.sent)]
+        state.phase = "waiting"
+        effects: list[Effect] = [
+            Send(to=partner, message=GossipRequest(nonce=state.round, params=sent))
+        ]
+        if self.reply_timeout is not None:
+            effects.append(SetTimer(self.reply_timeout, "reply_timeout", state.round))
+        return state, effects
+
+    def _on_reply(self, state: GossipState, msg: GossipReply) -> tuple[GossipState, list[Effect]]:
+        sent = state.sent.pop(msg.nonce, None)
+        if sent is None:
+            return state, [Emit("unexpected_reply_dropped", {"nonce": msg.nonce})]
+        state.params += (msg.params - sent.astype(np.float64)) / 2.0
+        state.exchanges += 1
+        if state.phase == "waiting" and msg.nonce == state.round:
+            return self._finish_round(state, [])
+        return state, []
+
+    def _finish_round(
+        self, state: GossipState, effects: list[Effect]
+    ) -> tuple[GossipState, list[Effect]]:
+        state.round += 1
+        if state.round >= self.rounds:
+            state.phase = "done"
+            return state, [*effects, Stop()]
+        state.phase = "training"
+        return state, [*effects, self._train(state)]

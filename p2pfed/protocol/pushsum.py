@@ -1,0 +1,134 @@
+"""Push-sum gossip for directed and time-varying graphs (Stochastic Gradient Push).
+
+Kempe, Dobra & Gehrke, "Gossip-Based Computation of Aggregate Information", FOCS 2003;
+Nedić & Olshevsky, "Stochastic Gradient-Push for Strongly Convex Functions on Time-Varying
+Directed Graphs", IEEE TAC 2016; Assran et al., "Stochastic Gradient Push for Distributed
+Deep Learning", ICML 2019.
+
+Every peer holds a numerator x and a weight w; its model is the de-biased z = x / w. After
+each local training run it pushes column-stochastic shares of (x, w) to its out-neighbours
+of W^r and keeps its own share::
+
+    z' = local training from z;   x += w (z' - z)
+    send (W^r_ji x, W^r_ji w) to every out-neighbour j;  x, w *= W^r_ii
+
+Incoming shares are added to (x, w) the moment they arrive, whatever the peer is doing, so
+the protocol is asynchronous with no waiting at all, and mass (Σ x, Σ w) is conserved
+exactly however messages interleave. Only column stochasticity is needed, which is why
+push-sum works on directed graphs where symmetric averaging cannot. A lost share loses its
+mass; z stays a weighted average of models, only with a bias toward the peers whose mass
+survived.
+
+Precision: x and w are float64 inside the state; shares travel as float32 numerators and a
+float64 weight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from p2pfed.errors import ProtocolError
+from p2pfed.protocol.core import (
+    Effect,
+    Event,
+    Message,
+    MessageArrived,
+    Protocol,
+    Send,
+    Started,
+    Stop,
+    Train,
+    TrainingDone,
+)
+from p2pfed.topology import TopologySchedule
+
+
+@dataclass(frozen=True)
+class PushSumShare(Message):
+    round: int
+    x: np.ndarray  # (P,) float32 share of the numerator
+    w: float  # share of the push-sum weight
+
+
+@dataclass
+class PushSumState:
+    x: np.ndarray  # (P,) float64 numerator
+    w: float = 1.0
+    round: int = 0
+    phase: str = "idle"  # idle -> training -> ... -> done
+    received: int = 0
+
+
+class PushSum(Protocol[PushSumState]):
+    messages: ClassVar[tuple[type[Message], ...]] = (PushSumShare,)
+
+    def __init__(
+        self,
+        peer: int,
+        schedule: TopologySchedule,
+        *,
+        rounds: int,
+        epochs: int = 1,
+        steps: int | None = None,
+    ):
+        if rounds < 1:
+            raise ProtocolError("rounds must be at least 1")
+        self.peer = peer
+        self.schedule = schedule
+        self.rounds = rounds
+        self.epochs = epochs
+        self.steps = steps
+
+    def initial_state(self, params: np.ndarray) -> PushSumState:
+        return PushSumState(x=np.array(params, dtype=np.float64))
+
+    def model(self, state: PushSumState) -> np.ndarray:
+        return (state.x / state.w).astype(np.float32)
+
+    def progress(self, state: PushSumState) -> int:
+        return state.round
+
+    def on_event(self, state: PushSumState, event: Event) -> tuple[PushSumState, list[Effect]]:
+        if isinstance(event, Started):
+            state.phase = "training"
+            return state, [self._train(state)]
+        if isinstance(event, TrainingDone) and state.phase == "training":
+            state.x += state.w * (np.asarray(event.params, np.float64) - event.base)
+            return self._push(state)
+        if isinstance(event, MessageArrived) and isinstance(event.message, PushSumShare):
+            state.x += event.message.x
+            state.w += float(event.message.w)
+            state.received += 1
+        return state, []
+
+    def _train(self, state: PushSumState) -> Train:
+        return Train(params=self.model(state), epochs=self.epochs, steps=self.steps)
+
+    def _push(self, state: PushSumState) -> tuple[PushSumState, list[Effect]]:
+        topo = self.schedule.at(state.round)
+        effects: list[Effect] = []
+        for j in topo.out_neighbours(self.peer):
+            share = topo.weight(j, self.peer)
+            effects.append(
+                Send(
+                    to=j,
+                    message=PushSumShare(
+                        round=state.round,
+                        x=(share * state.x).astype(np.float32),
+                        w=share * state.w,
+                    ),
+                )
+            )
+        keep = topo.weight(self.peer, self.peer)
+        if keep <= 0.0:
+            raise ProtocolError(f"push-sum needs a positive self weight at peer {self.peer}")
+        state.x *= keep
+        state.w *= keep
+        state.round += 1
+        if state.round >= self.rounds:
+            state.phase = "done"
+            return state, [*effects, Stop()]
+        return state, [*effects, self._train(state)]

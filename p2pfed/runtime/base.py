@@ -1,0 +1,87 @@
+"""What every runtime shares: the peer slot it drives and the observer it reports to.
+
+A runtime owns time, placement and the wire; it delivers events to protocol state machines
+and executes the effects they return. It reports everything a run directory records through
+a :class:`RunObserver`, so recording, taps and progress display stay out of the engine.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from p2pfed.protocol.codec import FrameSize
+from p2pfed.protocol.core import Protocol as PeerProtocol
+from p2pfed.training import LocalTrainer
+
+#: A wire tap sees every frame that enters the wire: (time, src, dst, frame bytes).
+Tap = Callable[[float, int, int, bytes], None]
+
+
+@dataclass
+class PeerSlot:
+    """One logical peer inside a runtime: its protocol, state and private trainer."""
+
+    id: int
+    protocol: PeerProtocol[Any]
+    state: Any
+    trainer: LocalTrainer
+    done: bool = False
+    training: bool = False
+    last_loss: float = math.nan
+    samples_trained: int = 0
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    """One peer at one evaluation tick (a line of metrics.jsonl)."""
+
+    tick: int
+    t: float
+    peer: int
+    round: int
+    train_loss: float | None
+    test_acc: float
+    test_loss: float
+    consensus_dist: float
+
+
+class RunObserver(Protocol):
+    """Receives what a runtime reports. All times are run times (virtual seconds)."""
+
+    def frame_sent(self, t: float, src: int, dst: int, kind: str, size: FrameSize) -> None: ...
+
+    def frame_lost(self, t: float, src: int, dst: int, kind: str, size: FrameSize) -> None: ...
+
+    def frame_rejected(self, t: float, src: int, dst: int, reason: str) -> None: ...
+
+    def peer_event(self, t: float, peer: int, name: str, fields: dict[str, Any]) -> None: ...
+
+    def evaluated(self, rows: list[MetricRow]) -> None: ...
+
+    def progress(self, t: float, completed: int, total: int) -> None: ...
+
+
+class NullObserver:
+    """An observer that records nothing (for tests and embedding)."""
+
+    def frame_sent(self, t: float, src: int, dst: int, kind: str, size: FrameSize) -> None:
+        pass
+
+    def frame_lost(self, t: float, src: int, dst: int, kind: str, size: FrameSize) -> None:
+        pass
+
+    def frame_rejected(self, t: float, src: int, dst: int, reason: str) -> None:
+        pass
+
+    def peer_event(self, t: float, peer: int, name: str, fields: dict[str, Any]) -> None:
+        pass
+
+    def evaluated(self, rows: list[MetricRow]) -> None:
+        pass
+
+    def progress(self, t: float, completed: int, total: int) -> None:
+        pass

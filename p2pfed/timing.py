@@ -1,0 +1,165 @@
+"""Where virtual time comes from: a compute cost model and a network model.
+
+Under virtual time nothing is measured with a stopwatch. A training run of ``s`` samples at
+peer ``i`` takes ``s * seconds_per_sample * slowdown_i * jitter`` seconds, where
+``slowdown_i >= 1`` makes stragglers and the optional log-normal jitter varies each run. A
+frame of ``b`` bytes from ``i`` leaves when ``i``'s uplink is free, occupies it for
+``8 b / bandwidth`` seconds, then spends ``latency`` seconds on the link and is lost with
+probability ``loss``. Latency is ``min + extra``, ``extra`` drawn from the configured
+distribution; ``min > 0`` is required because it is the lookahead that lets several hosts
+advance in parallel windows and still reproduce the single-process order of events.
+
+Simplifications, stated so they are not mistaken for measurements: links are independent
+(no shared bottleneck), the downlink is unlimited, and lost frames are not retransmitted —
+protocols see loss and must cope (timeouts, push-sum mass loss).
+
+All draws come from generators handed in, so a run is reproducible from its seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class StragglerConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    fraction: float = Field(0.0, ge=0, le=1, description="share of peers that are slow")
+    slowdown: float = Field(4.0, ge=1, description="compute-time multiplier of a straggler")
+
+
+class TimeConfig(BaseModel):
+    """Virtual-time compute model."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mode: Literal["virtual"] = "virtual"
+    seconds_per_sample: float = Field(1e-3, gt=0)
+    stragglers: StragglerConfig = StragglerConfig()
+    slowdown: dict[int, float] = Field(
+        default_factory=dict, description="explicit per-peer slowdown factors (peer id -> >= 1)"
+    )
+    compute_jitter: float = Field(
+        0.0, ge=0, description="sigma of a log-normal factor on every training duration"
+    )
+    limit: float | None = Field(
+        None, gt=0, description="stop the run at this virtual time (seconds)"
+    )
+
+    @field_validator("slowdown")
+    @classmethod
+    def _slowdowns_at_least_one(cls, v: dict[int, float]) -> dict[int, float]:
+        for peer, factor in v.items():
+            if peer < 0:
+                raise ValueError(f"peer id {peer} must be >= 0")
+            if not factor >= 1:
+                raise ValueError(f"slowdown of peer {peer} must be >= 1, got {factor}")
+        return v
+
+
+class LatencyConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    min: float = Field(0.01, gt=0, description="minimum one-way latency in seconds (> 0)")
+    dist: Literal["constant", "uniform", "exponential", "lognormal"] = "constant"
+    scale: float = Field(
+        0.0,
+        ge=0,
+        description="spread of the extra delay: U(0, scale), Exp(mean=scale), "
+        "or scale * LogNormal(0, 1)",
+    )
+
+
+class NetworkConfig(BaseModel):
+    """Per-link network model."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    latency: LatencyConfig = LatencyConfig()
+    bandwidth: float | None = Field(
+        1e8, gt=0, description="uplink bandwidth in bits/s; null for unlimited"
+    )
+    loss: float = Field(0.0, ge=0, lt=1, description="probability that a frame is lost")
+
+
+class CostModel:
+    """Virtual seconds a peer spends training."""
+
+    def __init__(self, cfg: TimeConfig, num_peers: int, rng: np.random.Generator):
+        for peer in cfg.slowdown:
+            if peer >= num_peers:
+                raise ValueError(f"time.slowdown names peer {peer}, but there are {num_peers}")
+        slow = np.ones(num_peers)
+        n_stragglers = round(cfg.stragglers.fraction * num_peers)
+        if n_stragglers:
+            chosen = rng.choice(num_peers, size=n_stragglers, replace=False)
+            slow[chosen] = cfg.stragglers.slowdown
+        for peer, factor in cfg.slowdown.items():
+            slow[peer] = factor
+        self.slowdown = slow
+        self._cfg = cfg
+        self._rng = rng
+
+    def train_time(self, peer: int, samples: int) -> float:
+        t = samples * self._cfg.seconds_per_sample * float(self.slowdown[peer])
+        if self._cfg.compute_jitter > 0:
+            t *= float(self._rng.lognormal(0.0, self._cfg.compute_jitter))
+        return t
+
+    def expected_train_time(self, peer: int, samples: int) -> float:
+        jitter = float(np.exp(self._cfg.compute_jitter**2 / 2))  # mean of the log-normal
+        return samples * self._cfg.seconds_per_sample * float(self.slowdown[peer]) * jitter
+
+
+@dataclass(frozen=True)
+class Transmission:
+    depart: float  # when the last bit leaves the sender's uplink
+    arrive: float  # when the frame reaches the receiver
+    lost: bool
+
+
+class NetworkModel:
+    """Samples each frame's departure, arrival and loss; tracks every peer's uplink."""
+
+    def __init__(self, cfg: NetworkConfig, num_peers: int, rng: np.random.Generator):
+        self._cfg = cfg
+        self._rng = rng
+        self._uplink_free = np.zeros(num_peers)
+
+    @property
+    def min_latency(self) -> float:
+        return self._cfg.latency.min
+
+    def _extra_delay(self) -> float:
+        lat = self._cfg.latency
+        if lat.dist == "constant" or lat.scale == 0:
+            return 0.0
+        if lat.dist == "uniform":
+            return float(self._rng.uniform(0.0, lat.scale))
+        if lat.dist == "exponential":
+            return float(self._rng.exponential(lat.scale))
+        return lat.scale * float(self._rng.lognormal(0.0, 1.0))
+
+    def transmit(self, src: int, nbytes: int, now: float) -> Transmission:
+        start = max(now, float(self._uplink_free[src]))
+        serialise = 0.0 if self._cfg.bandwidth is None else 8.0 * nbytes / self._cfg.bandwidth
+        depart = start + serialise
+        self._uplink_free[src] = depart
+        arrive = depart + self._cfg.latency.min + self._extra_delay()
+        lost = self._cfg.loss > 0 and float(self._rng.random()) < self._cfg.loss
+        return Transmission(depart=depart, arrive=arrive, lost=lost)
+
+    def expected_delay(self, nbytes: int) -> float:
+        lat = self._cfg.latency
+        extra = {
+            "constant": 0.0,
+            "uniform": lat.scale / 2,
+            "exponential": lat.scale,
+            "lognormal": lat.scale * float(np.exp(0.5)),
+        }[lat.dist]
+        serialise = 0.0 if self._cfg.bandwidth is None else 8.0 * nbytes / self._cfg.bandwidth
+        return serialise + lat.min + extra

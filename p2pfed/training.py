@@ -1,0 +1,146 @@
+"""Local training and evaluation: the work a runtime does for a :class:`~p2pfed.protocol.Train`
+effect.
+
+A :class:`LocalTrainer` owns one peer's model, optimiser and data shard; the shard never
+leaves it (only parameter vectors go in and out). Minibatch order comes from the peer's own
+generator, so training is reproducible from the run seed. The optimiser's state (momentum
+buffers) persists across rounds even though gossip replaces the parameters between them, as
+in common D-PSGD implementations (Lian et al. 2017; Assran et al. 2019).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from p2pfed.models import get_flat, set_flat
+
+
+class TrainingConfig(BaseModel):
+    """Local optimisation at every peer."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    optimizer: Literal["sgd"] = "sgd"
+    lr: float = Field(0.05, gt=0, description="learning rate")
+    momentum: float = Field(0.0, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(32, ge=1)
+    local_epochs: int = Field(1, ge=1, description="passes over the shard per round")
+    local_steps: int | None = Field(
+        None, ge=1, description="minibatch steps per round; overrides local_epochs when set"
+    )
+
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self) -> TrainingConfig:
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov needs momentum > 0")
+        return self
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    params: np.ndarray  # (P,) float32
+    loss: float  # mean minibatch loss over this call
+    samples: int  # samples processed (drives the virtual-time cost model)
+
+
+class LocalTrainer:
+    """One peer's model, optimiser and private shard."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        x: np.ndarray,
+        y: np.ndarray,
+        cfg: TrainingConfig,
+        rng: np.random.Generator,
+        device: str = "cpu",
+    ):
+        if len(x) == 0:
+            raise ValueError("a peer needs at least one training sample")
+        self.model = model.to(device)
+        self.device = device
+        self._x = torch.as_tensor(x, dtype=torch.float32, device=device)  # (N, F)
+        self._y = torch.as_tensor(y, dtype=torch.int64, device=device)  # (N,)
+        self.cfg = cfg
+        self._rng = rng
+        self._order = np.empty(0, dtype=np.int64)
+        self._pos = 0
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(),
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov,
+            weight_decay=cfg.weight_decay,
+        )
+        self._loss = torch.nn.CrossEntropyLoss()
+
+    @property
+    def num_samples(self) -> int:
+        return int(self._x.shape[0])
+
+    def steps_for(self, epochs: int, steps: int | None) -> int:
+        if steps is not None:
+            return steps
+        return epochs * math.ceil(self.num_samples / self.cfg.batch_size)
+
+    def samples_per_round(self, epochs: int, steps: int | None) -> int:
+        """Samples one Train(epochs, steps) call processes (what the cost model charges)."""
+        if steps is None:
+            return epochs * self.num_samples
+        return steps * self.cfg.batch_size
+
+    def _next_batch(self) -> np.ndarray:
+        # Sampling without replacement within an epoch, reshuffled by the peer's generator.
+        if self._pos >= len(self._order):
+            self._order = self._rng.permutation(self.num_samples)
+            self._pos = 0
+        batch = self._order[self._pos : self._pos + self.cfg.batch_size]
+        self._pos += len(batch)
+        return batch
+
+    def train(self, params: np.ndarray, epochs: int = 1, steps: int | None = None) -> TrainResult:
+        set_flat(self.model, params)
+        self.model.train()
+        total, seen = 0.0, 0
+        for _ in range(self.steps_for(epochs, steps)):
+            idx = torch.as_tensor(self._next_batch(), device=self.device)
+            xb, yb = self._x[idx], self._y[idx]  # (B, F), (B,)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self._loss(self.model(xb), yb)
+            loss.backward()
+            self.optimizer.step()
+            total += float(loss.detach()) * len(idx)
+            seen += len(idx)
+        return TrainResult(params=get_flat(self.model), loss=total / max(seen, 1), samples=seen)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    accuracy: float
+    loss: float
+
+
+class Evaluator:
+    """Scores parameter vectors on the held-out test set with one scratch model."""
+
+    def __init__(self, model: torch.nn.Module, x: np.ndarray, y: np.ndarray, device: str = "cpu"):
+        self.model = model.to(device)
+        self._x = torch.as_tensor(x, dtype=torch.float32, device=device)  # (T, F)
+        self._y = torch.as_tensor(y, dtype=torch.int64, device=device)  # (T,)
+
+    @torch.no_grad()
+    def evaluate(self, params: np.ndarray) -> Evaluation:
+        set_flat(self.model, params)
+        self.model.eval()
+        logits = self.model(self._x)  # (T, C)
+        loss = torch.nn.functional.cross_entropy(logits, self._y)
+        acc = (logits.argmax(dim=1) == self._y).float().mean()
+        return Evaluation(accuracy=float(acc), loss=float(loss))

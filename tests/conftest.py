@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+# Tiny models on 2 cores: intra-op threads cost more than they give, and the test suite
+# must not fight itself for cores.
+torch.set_num_threads(1)
+os.environ.setdefault("P2PFED_PROGRESS", "off")
+
+
+def small_config(**sections: dict) -> dict:  # type: ignore[type-arg]
+    """A fast experiment as a raw mapping; sections replace the defaults key by key."""
+    cfg: dict = {  # type: ignore[type-arg]
+        "name": "test",
+        "seed": 3,
+        "topology": {"kind": "ring", "n": 6},
+        "data": {"dataset": "digits"},
+        "partition": {"scheme": "dirichlet", "alpha": 0.5},
+        "model": {"kind": "logreg"},
+        "protocol": {"kind": "dpsgd", "rounds": 4},
+        "training": {"lr": 0.1, "batch_size": 32, "local_steps": 3},
+        "output": {"progress": "off"},
+    }
+    for key, value in sections.items():
+        cfg[key] = {**cfg.get(key, {}), **value}
+    return cfg
+
+
+@pytest.fixture
+def small() -> dict:  # type: ignore[type-arg]
+    return small_config()

@@ -1,0 +1,170 @@
+"""End-to-end runs of the in-process engine: determinism, privacy of raw data, run directory."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import p2pfed
+from p2pfed.config import load_config
+from p2pfed.data import load_dataset
+from p2pfed.errors import P2PFedError
+from p2pfed.experiment import build
+from p2pfed.protocol import Codec, GossipReply, GossipRequest, ModelShare, PushSumShare
+from tests.conftest import small_config
+
+ASYNC_MESSY = {
+    "time": {
+        "stragglers": {"fraction": 0.34, "slowdown": 5.0},
+        "compute_jitter": 0.3,
+    },
+    "network": {"loss": 0.15, "latency": {"min": 0.005, "dist": "exponential", "scale": 0.02}},
+}
+
+
+@pytest.mark.parametrize("kind", ["gossip", "pushsum", "dpsgd"])
+def test_same_seed_gives_identical_metrics(tmp_path: Path, kind: str) -> None:
+    cfg = small_config(protocol={"kind": kind, "rounds": 6}, **ASYNC_MESSY)
+    a = p2pfed.run(cfg, out=tmp_path / "a")
+    b = p2pfed.run(cfg, out=tmp_path / "b")
+    assert a.summary["messages"]["lost"] > 0, "the test must exercise message loss"
+    assert a.metrics() == b.metrics()
+    assert (tmp_path / "a" / "edges.csv").read_text() == (tmp_path / "b" / "edges.csv").read_text()
+    assert a.summary["virtual_time"] == b.summary["virtual_time"]
+    c = p2pfed.run({**cfg, "seed": 4}, out=tmp_path / "c")
+    assert c.metrics() != a.metrics()
+
+
+def test_stragglers_slow_the_synchronous_protocol_down(tmp_path: Path) -> None:
+    fast = p2pfed.run(small_config(), out=tmp_path / "fast")
+    slow = p2pfed.run(
+        small_config(time={"slowdown": {2: 8.0}}), out=tmp_path / "slow"
+    )
+    # D-PSGD waits for neighbours, so one slow peer stretches everyone's rounds
+    assert slow.summary["virtual_time"] > 4 * fast.summary["virtual_time"]
+
+
+def test_asynchronous_gossip_lets_fast_peers_run_ahead(tmp_path: Path) -> None:
+    cfg = small_config(protocol={"kind": "gossip", "rounds": 8}, time={"slowdown": {0: 10.0}})
+    res = p2pfed.run(cfg, out=tmp_path)
+    finish = {}
+    for line in (tmp_path / "events.jsonl").read_text().splitlines():
+        ev = json.loads(line)
+        if ev["event"] == "peer_finished":
+            finish[ev["peer"]] = ev["t"]
+    assert res.summary["status"] == "completed"
+    assert max(t for p, t in finish.items() if p != 0) < finish[0] / 3
+
+
+@pytest.mark.parametrize("kind", ["dpsgd", "gossip", "pushsum"])
+def test_no_raw_sample_leaves_its_peer(tmp_path: Path, kind: str) -> None:
+    cfg_map = small_config(protocol={"kind": kind, "rounds": 3}, topology={"kind": "ring", "n": 4})
+    frames: list[bytes] = []
+    res = p2pfed.run(cfg_map, out=tmp_path, taps=[lambda t, s, d, f: frames.append(f)])
+    assert len(frames) == res.summary["messages"]["sent"] > 0
+
+    cfg = res.config
+    built = build(cfg)
+    ds = built.dataset
+    # every representation of a training sample a careless peer could put on the wire
+    needles = set()
+    for x in ds.x_train:
+        needles.add(x.astype(np.float32).tobytes())
+        needles.add(x.astype(np.float64).tobytes())
+    raw = load_dataset(cfg.data, cfg.num_peers, np.random.default_rng(0))  # another split
+    for x in raw.x_train[:200]:
+        needles.add((x * 16).astype(np.float32).tobytes())
+    codec = Codec([ModelShare, GossipRequest, GossipReply, PushSumShare])
+    for frame in frames:
+        for needle in needles:
+            assert needle not in frame
+        msg = codec.decode(frame).message
+        arrays = [v for v in vars(msg).values() if isinstance(v, np.ndarray)]
+        assert arrays and all(a.shape == (built.num_params,) for a in arrays)
+
+
+def test_run_directory_is_complete_and_consistent(tmp_path: Path) -> None:
+    cfg = small_config(network={"loss": 0.1})
+    res = p2pfed.run(cfg, out=tmp_path)
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {
+        "config.yaml",
+        "events.jsonl",
+        "metrics.jsonl",
+        "edges.csv",
+        "label_histograms.json",
+        "summary.json",
+    } <= names
+
+    rows = res.metrics()
+    ticks = sorted({r["tick"] for r in rows})
+    assert ticks == list(range(len(ticks))) and len(ticks) >= 3
+    assert len(rows) == len(ticks) * 6
+    assert {"train_loss", "test_acc", "consensus_dist", "round", "t"} <= set(rows[0])
+    assert all(0 <= r["test_acc"] <= 1 for r in rows)
+    assert rows[0]["consensus_dist"] == 0.0  # every peer starts from the same model
+
+    with (tmp_path / "edges.csv").open() as f:
+        edges = list(csv.DictReader(f))
+    assert {(int(e["src"]), int(e["dst"])) for e in edges} == {
+        (i, (i + d) % 6) for i in range(6) for d in (1, 5)
+    }
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert sum(int(e["payload_bytes"]) for e in edges) == summary["bytes"]["payload"]
+    assert sum(int(e["metadata_bytes"]) for e in edges) == summary["bytes"]["metadata"]
+    assert sum(int(e["lost"]) for e in edges) == summary["messages"]["lost"] > 0
+    assert sum(int(e["frames"]) for e in edges) == summary["messages"]["sent"]
+    assert summary["final"]["mean_acc"] == pytest.approx(
+        np.mean([r["test_acc"] for r in rows if r["tick"] == ticks[-1]])
+    )
+    assert summary["virtual_time"] > 0 and summary["wall_time_s"] > 0
+
+    hist = json.loads((tmp_path / "label_histograms.json").read_text())
+    built = build(res.config)
+    for i, shard in enumerate(built.shards):
+        assert sum(hist["peers"][str(i)]) == len(shard)
+
+    # the resolved config reloads to the same experiment, automatic choices included
+    again = load_config(tmp_path / "config.yaml")
+    assert again == res.config
+    assert again.protocol.timeout is not None and again.eval.interval is not None
+
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert {e["event"] for e in events} >= {"run_started", "evaluated", "run_finished"}
+    assert all(e["run_id"] == tmp_path.name for e in events)
+
+
+def test_metrics_survive_a_failing_run(tmp_path: Path) -> None:
+    seen = []
+
+    def exploding_tap(t: float, src: int, dst: int, frame: bytes) -> None:
+        seen.append(t)
+        if len(seen) > 20:
+            raise P2PFedError("tap exploded")
+
+    with pytest.raises(P2PFedError, match="tap exploded"):
+        p2pfed.run(small_config(), out=tmp_path, taps=[exploding_tap])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and "tap exploded" in summary["error"]
+    assert (tmp_path / "metrics.jsonl").read_text().count('"tick": 0') == 6
+    assert (tmp_path / "edges.csv").read_text().count("\n") > 1
+
+
+def test_time_limit_stops_early_but_keeps_results(tmp_path: Path) -> None:
+    res = p2pfed.run(small_config(time={"limit": 0.05}), out=tmp_path)
+    assert res.summary["status"] == "time_limit"
+    assert res.summary["virtual_time"] == pytest.approx(0.05)
+    assert max(res.summary["rounds_completed"]) < 4
+    assert res.metrics()[-1]["t"] == pytest.approx(0.05)
+
+
+def test_default_experiment_reaches_ninety_percent(tmp_path: Path) -> None:
+    res = p2pfed.run(None, out=tmp_path, progress="off")
+    assert res.config.topology.kind == "ring" and res.config.num_peers == 16
+    assert res.config.protocol.kind == "dpsgd" and res.config.partition.alpha == 0.5
+    assert res.summary["status"] == "completed"
+    assert res.mean_accuracy >= 0.90
