@@ -234,6 +234,22 @@ def run(
         source = str(config) if config is not None else "<default config>"
 
     wall0 = time.perf_counter()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.runtime.torch_threads)
+    try:
+        return _run(cfg, source, out, taps, progress, wall0)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(
+    cfg: ExperimentConfig,
+    source: str,
+    out: str | Path | None,
+    taps: Sequence[Tap],
+    progress: str | None,
+    wall0: float,
+) -> Result:
     try:
         built = build(cfg)
     except (TopologyError, DataError, ModelError, ProtocolError) as exc:
