@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    model_validator,
+)
 
 from p2pfed.data import DataConfig, PartitionConfig
 from p2pfed.errors import ConfigError
@@ -27,6 +34,7 @@ from p2pfed.models import ModelConfig
 from p2pfed.timing import NetworkConfig, TimeConfig
 from p2pfed.topology import TopologySpec
 from p2pfed.training import TrainingConfig
+from p2pfed.yamlio import parse_yaml, read_yaml
 
 DEFAULT_CONFIG = "default.yaml"
 
@@ -34,10 +42,10 @@ DEFAULT_CONFIG = "default.yaml"
 class ProtocolConfig(BaseModel):
     """Which gossip protocol the peers run."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     kind: Literal["dpsgd", "gossip", "pushsum"] = "dpsgd"
-    rounds: int = Field(50, ge=1, description="local training rounds per peer")
+    rounds: StrictInt = Field(50, ge=1, description="local training rounds per peer")
     timeout: float | None = Field(
         None,
         gt=0,
@@ -47,7 +55,7 @@ class ProtocolConfig(BaseModel):
 
 
 class EvalConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     interval: float | None = Field(
         None, gt=0, description="virtual seconds between evaluations; null: about once a round"
@@ -55,7 +63,7 @@ class EvalConfig(BaseModel):
 
 
 class OutputConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     dir: str | None = Field(None, description="run directory; null: runs/<name>-<timestamp>")
     log_level: Literal["debug", "info", "warning"] = "info"
@@ -65,10 +73,13 @@ class OutputConfig(BaseModel):
 class RuntimeConfig(BaseModel):
     """Where and how peers execute."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     kind: Literal["local"] = "local"
-    torch_threads: int = Field(
+    device: Literal["cpu", "cuda", "auto"] = Field(
+        "cpu", description="where peers train and evaluate; auto picks cuda when available"
+    )
+    torch_threads: StrictInt = Field(
         1,
         ge=1,
         description="intra-op threads for training; 1 is fastest for small models with many "
@@ -80,10 +91,10 @@ class RuntimeConfig(BaseModel):
 class ExperimentConfig(BaseModel):
     """A whole experiment."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     name: str = Field("experiment", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    seed: int = Field(0, ge=0)
+    seed: StrictInt = Field(0, ge=0)
     topology: TopologySpec = TopologySpec()
     data: DataConfig = DataConfig()
     partition: PartitionConfig = PartitionConfig()
@@ -175,12 +186,7 @@ def apply_override(data: dict[str, Any], item: str, source: str) -> None:
 
 
 def _parse_yaml(text: str, source: str) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"not valid YAML{where}", source=source) from None
+    data = parse_yaml(text, source)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -208,12 +214,14 @@ def _merge_topology_file(
             source=source,
             key="topology.file",
         )
-    from_file = _parse_yaml(path.read_text(), str(path))
+    from_file = read_yaml(path)
+    if not isinstance(from_file, dict):
+        raise ConfigError("a topology file must be a mapping of topology keys", source=str(path))
     merged = {**from_file, **{k: v for k, v in inline.items() if k != "file"}}
-    # Remember which keys came from the file, so an error there names that file.
+    # Remember which keys came from the file, so an error there names that file; an error in
+    # an inline key (or in the topology as a whole) names the experiment file.
     origins = {k: str(path) for k in from_file if k not in inline}
-    origins[""] = str(path)
-    return merged, origins
+    return merged, {"": str(path), **origins}
 
 
 def _config_error(exc: ValidationError, source: str, topo_source: Mapping[str, str]) -> ConfigError:
@@ -227,7 +235,8 @@ def _config_error(exc: ValidationError, source: str, topo_source: Mapping[str, s
         msg = "required key is missing"
     where = source
     if loc and loc[0] == "topology" and topo_source:
-        where = topo_source.get(loc[1] if len(loc) > 1 else "", topo_source[""])
-        if len(loc) == 1:
+        if len(loc) > 1 and loc[1] in topo_source:
+            where = topo_source[loc[1]]
+        elif len(loc) == 1:
             where = f"{source} (topology from {topo_source['']})"
     return ConfigError(msg, source=where, key=key)

@@ -17,6 +17,7 @@ class ConfigError(P2PFedError):
     """
 
     def __init__(self, message: str, *, source: str | None = None, key: str | None = None):
+        self.message = message
         self.source = source
         self.key = key
         where = ""

@@ -86,9 +86,22 @@ def _int_seed(ss: np.random.SeedSequence) -> int:
     return int(ss.generate_state(1, dtype=np.uint32)[0])
 
 
+def resolve_device(requested: str) -> str:
+    """``cpu`` / ``cuda`` / ``auto`` -> the torch device string peers will use."""
+    available = torch.cuda.is_available()
+    if requested == "auto":
+        return "cuda" if available else "cpu"
+    if requested == "cuda" and not available:
+        raise ConfigError(
+            "cuda requested but torch sees no GPU (use cpu or auto)", key="runtime.device"
+        )
+    return requested
+
+
 def build(config: ExperimentConfig) -> Built:
     """Build every part of an experiment (no I/O, no run)."""
     n = config.num_peers
+    device = resolve_device(config.runtime.device)
     children = np.random.SeedSequence(config.seed).spawn(len(_STREAMS))
     streams = dict(zip(_STREAMS, children, strict=True))
     schedule = build_schedule(config.topology, seed=_int_seed(streams["topology"]))
@@ -121,6 +134,7 @@ def build(config: ExperimentConfig) -> Built:
                 dataset.y_train[idx],
                 config.training,
                 np.random.default_rng(train_ss),
+                device=device,
             )
         )
 
@@ -142,7 +156,7 @@ def build(config: ExperimentConfig) -> Built:
         peers.append(PeerSlot(i, protocol, protocol.initial_state(params0), trainers[i]))
 
     codec = Codec(PROTOCOLS[pcfg.kind].messages)  # type: ignore[attr-defined]
-    evaluator = Evaluator(template, dataset.x_test, dataset.y_test)
+    evaluator = Evaluator(template, dataset.x_test, dataset.y_test, device=device)
     return Built(
         config,
         schedule,
@@ -252,6 +266,10 @@ def _run(
 ) -> Result:
     try:
         built = build(cfg)
+    except ConfigError as exc:
+        if exc.source is not None:
+            raise
+        raise ConfigError(exc.message, source=source, key=exc.key) from None
     except (TopologyError, DataError, ModelError, ProtocolError) as exc:
         # Raised before anything ran: the config asked for something impossible.
         raise ConfigError(str(exc), source=source) from None

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class StragglerConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     fraction: float = Field(0.0, ge=0, le=1, description="share of peers that are slow")
     slowdown: float = Field(4.0, ge=1, description="compute-time multiplier of a straggler")
@@ -35,7 +35,7 @@ class StragglerConfig(BaseModel):
 class TimeConfig(BaseModel):
     """Virtual-time compute model."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     mode: Literal["virtual"] = "virtual"
     seconds_per_sample: float = Field(1e-3, gt=0)
@@ -62,7 +62,7 @@ class TimeConfig(BaseModel):
 
 
 class LatencyConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     min: float = Field(0.01, gt=0, description="minimum one-way latency in seconds (> 0)")
     dist: Literal["constant", "uniform", "exponential", "lognormal"] = "constant"
@@ -77,7 +77,7 @@ class LatencyConfig(BaseModel):
 class NetworkConfig(BaseModel):
     """Per-link network model."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     latency: LatencyConfig = LatencyConfig()
     bandwidth: float | None = Field(

@@ -16,7 +16,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 from p2pfed.models import get_flat, set_flat
 
@@ -24,16 +24,16 @@ from p2pfed.models import get_flat, set_flat
 class TrainingConfig(BaseModel):
     """Local optimisation at every peer."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     optimizer: Literal["sgd"] = "sgd"
     lr: float = Field(0.05, gt=0, description="learning rate")
     momentum: float = Field(0.0, ge=0, lt=1)
     nesterov: bool = False
     weight_decay: float = Field(0.0, ge=0)
-    batch_size: int = Field(32, ge=1)
-    local_epochs: int = Field(1, ge=1, description="passes over the shard per round")
-    local_steps: int | None = Field(
+    batch_size: StrictInt = Field(32, ge=1)
+    local_epochs: StrictInt = Field(1, ge=1, description="passes over the shard per round")
+    local_steps: StrictInt | None = Field(
         None, ge=1, description="minibatch steps per round; overrides local_epochs when set"
     )
 

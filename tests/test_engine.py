@@ -41,9 +41,7 @@ def test_same_seed_gives_identical_metrics(tmp_path: Path, kind: str) -> None:
 
 def test_stragglers_slow_the_synchronous_protocol_down(tmp_path: Path) -> None:
     fast = p2pfed.run(small_config(), out=tmp_path / "fast")
-    slow = p2pfed.run(
-        small_config(time={"slowdown": {2: 8.0}}), out=tmp_path / "slow"
-    )
+    slow = p2pfed.run(small_config(time={"slowdown": {2: 8.0}}), out=tmp_path / "slow")
     # D-PSGD waits for neighbours, so one slow peer stretches everyone's rounds
     assert slow.summary["virtual_time"] > 4 * fast.summary["virtual_time"]
 

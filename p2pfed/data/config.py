@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 # make_classification places each class's clusters on the vertices of a hypercube in the
 # informative subspace, so it needs classes * clusters <= 2 ** informative.
@@ -30,12 +30,12 @@ class DataConfig(BaseModel):
         0.2, gt=0.0, lt=1.0, allow_inf_nan=False, description="share of samples held out"
     )
     path: str | None = Field(None, description="the .npz file; required for dataset npz")
-    samples_per_peer: int = Field(
+    samples_per_peer: StrictInt = Field(
         200, ge=1, description="synthetic: training samples per peer (size scales with peers)"
     )
-    features: int = Field(32, ge=2, description="synthetic: feature count")
-    classes: int = Field(10, ge=2, description="synthetic: class count")
-    informative: int | None = Field(
+    features: StrictInt = Field(32, ge=2, description="synthetic: feature count")
+    classes: StrictInt = Field(10, ge=2, description="synthetic: class count")
+    informative: StrictInt | None = Field(
         None, ge=1, description="synthetic: informative features; default features // 2"
     )
     class_sep: float = Field(
@@ -88,8 +88,8 @@ class PartitionConfig(BaseModel):
     alpha: float = Field(
         0.5, gt=0.0, allow_inf_nan=False, description="dirichlet: label concentration"
     )
-    classes_per_peer: int = Field(2, ge=1, description="shards: distinct classes per peer")
+    classes_per_peer: StrictInt = Field(2, ge=1, description="shards: distinct classes per peer")
     beta: float = Field(
         1.0, gt=0.0, allow_inf_nan=False, description="quantity_skew: size concentration"
     )
-    min_samples: int = Field(8, ge=1, description="fewest training samples any peer may hold")
+    min_samples: StrictInt = Field(8, ge=1, description="fewest training samples any peer may hold")

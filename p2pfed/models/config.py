@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-PositiveInt = Annotated[int, Field(ge=1)]
+PositiveInt = Annotated[StrictInt, Field(ge=1)]
 
 
 class ModelConfig(BaseModel):
