@@ -60,6 +60,13 @@ class EvalConfig(BaseModel):
     interval: float | None = Field(
         None, gt=0, description="virtual seconds between evaluations; null: about once a round"
     )
+    max_test_samples: StrictInt | None = Field(
+        2000,
+        ge=1,
+        description="evaluate every peer on a seeded random subset of at most this many test "
+        "samples (the test set of synthetic data grows with the number of peers, and every "
+        "peer is scored at every tick); null: the whole test set",
+    )
 
 
 class OutputConfig(BaseModel):

@@ -25,7 +25,6 @@ import numpy as np
 import torch
 
 from p2pfed.config import (
-    EvalConfig,
     ExperimentConfig,
     ProtocolConfig,
     apply_override,
@@ -45,7 +44,8 @@ from p2pfed.timing import CostModel, NetworkModel
 from p2pfed.topology import TopologySchedule, build_schedule
 from p2pfed.training import Evaluator, LocalTrainer
 
-_STREAMS = ("topology", "data", "partition", "model", "network", "cost", "peers")
+# Append new concerns at the end: SeedSequence children keep their streams when more follow.
+_STREAMS = ("topology", "data", "partition", "model", "network", "cost", "peers", "eval")
 # msgpack envelope and field names around a model vector, for timeout estimates only
 _FRAME_OVERHEAD = 128
 
@@ -156,7 +156,14 @@ def build(config: ExperimentConfig) -> Built:
         peers.append(PeerSlot(i, protocol, protocol.initial_state(params0), trainers[i]))
 
     codec = Codec(PROTOCOLS[pcfg.kind].messages)  # type: ignore[attr-defined]
-    evaluator = Evaluator(template, dataset.x_test, dataset.y_test, device=device)
+    x_test, y_test = dataset.x_test, dataset.y_test
+    cap = config.eval.max_test_samples
+    if cap is not None and len(y_test) > cap:
+        keep = np.sort(
+            np.random.default_rng(streams["eval"]).choice(len(y_test), cap, replace=False)
+        )
+        x_test, y_test = x_test[keep], y_test[keep]
+    evaluator = Evaluator(template, x_test, y_test, device=device)
     return Built(
         config,
         schedule,
@@ -195,7 +202,7 @@ def _resolve_automatic(
     ecfg = config.eval
     if ecfg.interval is None:
         round_time = slowest + (2 if pcfg.kind == "gossip" else 1) * delay
-        ecfg = EvalConfig(interval=_round_up(round_time))
+        ecfg = ecfg.model_copy(update={"interval": _round_up(round_time)})
     return config.model_copy(update={"protocol": pcfg, "eval": ecfg})
 
 

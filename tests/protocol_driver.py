@@ -69,6 +69,7 @@ class Driver:
             self.pending.append((eff.to, MessageArrived(peer, msg)))
         elif isinstance(eff, Train):
             assert peer not in self.training, f"peer {peer} asked to train twice"
+            assert peer not in self.done, f"peer {peer} trains after it stopped"
             self.training.add(peer)
             base = np.array(eff.params, dtype=np.float32)
             new = self.train_fn(peer, base).astype(np.float32)
