@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -327,3 +329,19 @@ def test_protocols_reject_zero_rounds(kind: str) -> None:
     kwargs = {"seed": 0} if cls is AsyncGossip else {}
     with pytest.raises(ProtocolError):
         cls(0, ring(3), rounds=0, **kwargs)  # type: ignore[call-arg]
+
+
+def test_gossip_refuses_a_directed_topology() -> None:
+    with pytest.raises(ProtocolError, match="undirected"):
+        AsyncGossip(0, directed_ring(4), rounds=1, seed=0)
+
+
+def test_protocol_topology_mismatch_is_a_config_error(tmp_path: Path) -> None:
+    import p2pfed
+    from tests.conftest import small_config
+
+    cfg = small_config(
+        protocol={"kind": "gossip"}, topology={"kind": "ring", "n": 6, "directed": True}
+    )
+    with pytest.raises(p2pfed.ConfigError, match="undirected"):
+        p2pfed.run(cfg, out=tmp_path)

@@ -90,6 +90,11 @@ class AsyncGossip(Protocol[GossipState]):
     ):
         if rounds < 1:
             raise ProtocolError("rounds must be at least 1")
+        if schedule.directed:
+            raise ProtocolError(
+                f"pairwise gossip replies over the link it was asked on, so it needs an "
+                f"undirected topology; {schedule.name} is directed: use protocol.kind pushsum"
+            )
         self.peer = peer
         self.schedule = schedule
         self.rounds = rounds

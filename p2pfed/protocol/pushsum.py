@@ -76,6 +76,11 @@ class PushSum(Protocol[PushSumState]):
     ):
         if rounds < 1:
             raise ProtocolError("rounds must be at least 1")
+        cols = np.asarray(schedule.at(0).mixing.sum(axis=0)).ravel()
+        if not np.allclose(cols, 1.0, atol=1e-9):
+            raise ProtocolError(
+                f"push-sum needs column-stochastic weights; {schedule.name} has none"
+            )
         self.peer = peer
         self.schedule = schedule
         self.rounds = rounds
