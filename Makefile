@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# torch's pinned CPU wheel is installed first so that pip never resolves the
-# multi-GB CUDA build for the loose `torch>=2.3` in pyproject.toml.
+# torch's pinned CPU wheel is installed first so that the loose `torch>=2.3` in
+# pyproject.toml is already satisfied and pip never resolves the multi-GB CUDA build.
+# On these machines pip finds the 2.13.0 CPU wheel on local disk; elsewhere set TORCH_PIN
+# to a requirement plus PyTorch's CPU wheel index (--index-url) to get the same effect.
 TORCH_PIN ?= torch==2.13.0
 OUT    ?= runs/default
 
@@ -15,7 +17,7 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/pip install --quiet "$(TORCH_PIN)"
+	$(BIN)/pip install --quiet $(TORCH_PIN)
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 

@@ -64,6 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except P2PFedError as exc:
         print(f"p2pfed: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except OSError as exc:  # a run directory or drawing that cannot be written
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"p2pfed: error: cannot write{where}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("p2pfed: interrupted", file=sys.stderr)
         return 130
@@ -87,6 +91,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         f"messages      : {msgs.get('sent', 0)} sent, {msgs.get('lost', 0)} lost, "
         f"{b['total'] / 1e6:.2f} MB ({b['payload'] / 1e6:.2f} MB payload)"
     )
+    for warning in s.get("warnings", []):
+        print(f"warning       : {warning}")
     return EXIT_OK if s["status"] == "completed" else EXIT_FAILED
 
 
@@ -105,7 +111,9 @@ def _cmd_topology_show(args: argparse.Namespace) -> int:
     except P2PFedError as exc:
         raise ConfigError(str(exc), source=args.file) from None
     print(format_description(describe(schedule)))
-    png = Path(args.png) if args.png else Path(args.file).with_suffix(".png")
+    # Default to the working directory, not next to FILE: that would drop drawings into the
+    # repository's topologies/ folder.
+    png = Path(args.png) if args.png else Path(f"{Path(args.file).stem}.png")
     draw(schedule.at(0), png, title=schedule.name)
     print(f"drawing       : {png}")
     return EXIT_OK

@@ -8,6 +8,8 @@ into one :class:`~p2pfed.errors.ConfigError` that names the file and the dotted 
 A topology may be inline (``topology: {kind: ring, n: 16}``) or come from a file
 (``topology: {file: topologies/ring16.yaml}``), with inline keys overriding the file's.
 Relative paths resolve against the config file's folder first, then the working directory.
+``--set topology.file=F`` replaces the whole topology section (later ``--set topology.*``
+overrides still apply on top of F).
 The resolved config — file contents inlined — is what a run directory records.
 """
 
@@ -37,6 +39,8 @@ from p2pfed.training import TrainingConfig
 from p2pfed.yamlio import parse_yaml, read_yaml
 
 DEFAULT_CONFIG = "default.yaml"
+#: how errors name the embedded default config
+DEFAULT_SOURCE = "<default config>"
 
 
 class ProtocolConfig(BaseModel):
@@ -139,7 +143,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     """Load an experiment file (``None``: the embedded default) and apply ``k=v`` overrides."""
     if path is None:
         text = importlib.resources.files("p2pfed.defaults").joinpath(DEFAULT_CONFIG).read_text()
-        source, base_dir = f"<default {DEFAULT_CONFIG}>", Path.cwd()
+        source, base_dir = DEFAULT_SOURCE, Path.cwd()
     else:
         p = Path(path)
         source, base_dir = str(p), p.resolve().parent
@@ -182,6 +186,11 @@ def apply_override(data: dict[str, Any], item: str, source: str) -> None:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         raise ConfigError(f"cannot parse value {text!r}", source="--set", key=key) from None
+    if parts == ["topology", "file"]:
+        # A new topology file replaces the whole section: keys written inline for the old
+        # topology (its kind, its n) would otherwise silently override the file's.
+        data["topology"] = {"file": value}
+        return
     node: dict[str, Any] = data
     for i, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})

@@ -13,10 +13,12 @@ the same initial model, as in D-PSGD and its successors.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import datetime as _dt
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +27,8 @@ import numpy as np
 import torch
 
 from p2pfed.config import (
+    DEFAULT_SOURCE,
     ExperimentConfig,
-    ProtocolConfig,
     apply_override,
     config_from_mapping,
     load_config,
@@ -37,7 +39,7 @@ from p2pfed.models import build_model, get_flat, num_parameters
 from p2pfed.progress import ProgressReporter
 from p2pfed.protocol import PROTOCOLS, Codec, build_protocol
 from p2pfed.protocol.core import Protocol
-from p2pfed.results import RunRecorder, final_accuracy, read_metrics
+from p2pfed.results import RunRecorder, final_accuracy, finite, read_metrics
 from p2pfed.runtime.base import PeerSlot, Tap
 from p2pfed.runtime.local import LocalRuntime, RunOutcome
 from p2pfed.timing import CostModel, NetworkModel
@@ -98,64 +100,76 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
+@contextlib.contextmanager
+def _section(key: str) -> Iterator[None]:
+    """Turn a failure while building one part of the experiment into a ConfigError naming
+    that part of the config (the run has not started: the config asked for the impossible)."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (TopologyError, DataError, ModelError, ProtocolError) as exc:
+        raise ConfigError(str(exc), key=key) from None
+
+
 def build(config: ExperimentConfig) -> Built:
     """Build every part of an experiment (no I/O, no run)."""
     n = config.num_peers
     device = resolve_device(config.runtime.device)
     children = np.random.SeedSequence(config.seed).spawn(len(_STREAMS))
     streams = dict(zip(_STREAMS, children, strict=True))
-    schedule = build_schedule(config.topology, seed=_int_seed(streams["topology"]))
-    dataset = load_dataset(config.data, n, np.random.default_rng(streams["data"]))
-    shards = partition(
-        dataset.y_train, n, config.partition, np.random.default_rng(streams["partition"])
-    )
-
-    model_seed = _int_seed(streams["model"])
-
-    def new_model() -> torch.nn.Module:
-        return build_model(
-            config.model, dataset.num_features, dataset.num_classes, dataset.image_shape, model_seed
+    with _section("topology"):
+        schedule = build_schedule(config.topology, seed=_int_seed(streams["topology"]))
+    with _section("data"):
+        dataset = load_dataset(config.data, n, np.random.default_rng(streams["data"]))
+    with _section("partition"):
+        shards = partition(
+            dataset.y_train, n, config.partition, np.random.default_rng(streams["partition"])
         )
-
-    template = new_model()
+    with _section("model"):
+        template = build_model(
+            config.model,
+            dataset.num_features,
+            dataset.num_classes,
+            dataset.image_shape,
+            _int_seed(streams["model"]),
+        )
     params0 = get_flat(template)
-    cost = CostModel(config.time, n, np.random.default_rng(streams["cost"]))
-    network = NetworkModel(config.network, n, np.random.default_rng(streams["network"]))
+    cost = CostModel(config.time, n, streams["cost"])
+    network = NetworkModel(config.network, n, streams["network"])
 
-    peer_streams = streams["peers"].spawn(n)
-    trainers = []
-    for i in range(n):
-        train_ss, _ = peer_streams[i].spawn(2)
-        idx = shards[i]
-        trainers.append(
-            LocalTrainer(
-                new_model(),
-                dataset.x_train[idx],
-                dataset.y_train[idx],
-                config.training,
-                np.random.default_rng(train_ss),
-                device=device,
-            )
+    # one (training, protocol) pair of streams per peer
+    peer_seeds = [ss.spawn(2) for ss in streams["peers"].spawn(n)]
+    trainers = [
+        LocalTrainer(
+            copy.deepcopy(template),  # every peer starts from the same initial model
+            dataset.x_train[shards[i]],
+            dataset.y_train[shards[i]],
+            config.training,
+            np.random.default_rng(peer_seeds[i][0]),
+            device=device,
         )
+        for i in range(n)
+    ]
 
-    config = _resolve_automatic(config, trainers, cost, network, params0.size)
+    config = _resolve_automatic(config, schedule, trainers, cost, network, params0.size)
     pcfg, tcfg = config.protocol, config.training
     peers = []
-    for i in range(n):
-        _, proto_ss = peer_streams[i].spawn(2)
-        protocol: Protocol[Any] = build_protocol(
-            pcfg.kind,
-            i,
-            schedule,
-            rounds=pcfg.rounds,
-            seed=_int_seed(proto_ss),
-            epochs=tcfg.local_epochs,
-            steps=tcfg.local_steps,
-            timeout=pcfg.timeout,
-        )
-        peers.append(PeerSlot(i, protocol, protocol.initial_state(params0), trainers[i]))
+    with _section("protocol"):
+        for i in range(n):
+            protocol: Protocol[Any] = build_protocol(
+                pcfg.kind,
+                i,
+                schedule,
+                rounds=pcfg.rounds,
+                seed=_int_seed(peer_seeds[i][1]),
+                epochs=tcfg.local_epochs,
+                steps=tcfg.local_steps,
+                timeout=pcfg.timeout,
+            )
+            peers.append(PeerSlot(i, protocol, protocol.initial_state(params0), trainers[i]))
 
-    codec = Codec(PROTOCOLS[pcfg.kind].messages)  # type: ignore[attr-defined]
+    codec = Codec(PROTOCOLS[pcfg.kind].messages, vector_size=params0.size)
     x_test, y_test = dataset.x_test, dataset.y_test
     cap = config.eval.max_test_samples
     if cap is not None and len(y_test) > cap:
@@ -180,6 +194,7 @@ def build(config: ExperimentConfig) -> Built:
 
 def _resolve_automatic(
     config: ExperimentConfig,
+    schedule: TopologySchedule,
     trainers: Sequence[LocalTrainer],
     cost: CostModel,
     network: NetworkModel,
@@ -192,16 +207,22 @@ def _resolve_automatic(
         cost.expected_train_time(i, t.samples_per_round(tcfg.local_epochs, tcfg.local_steps))
         for i, t in enumerate(trainers)
     ]
-    delay = network.expected_delay(4 * num_params + _FRAME_OVERHEAD)
+    frame = 4 * num_params + _FRAME_OVERHEAD
+    delay = network.expected_delay(frame)
+    # A peer's frames leave one after another on its uplink: the last of d frames (or of d
+    # gossip replies at a hub) waits for the d - 1 before it.
+    queue = max(schedule.at(0).degree_stats()[2] - 1, 0) * network.serialise_time(frame)
     slowest = max(per_round)
     pcfg = config.protocol
     if pcfg.timeout is None and pcfg.kind != "pushsum":
         # D-PSGD waits for its neighbours' training; a gossip reply needs only a round trip.
-        wait = 2 * slowest + 10 * delay if pcfg.kind == "dpsgd" else 10 * delay
-        pcfg = ProtocolConfig(kind=pcfg.kind, rounds=pcfg.rounds, timeout=_round_up(wait))
+        wait = 10 * delay + 2 * queue
+        if pcfg.kind == "dpsgd":
+            wait += 2 * slowest
+        pcfg = pcfg.model_copy(update={"timeout": _round_up(wait)})
     ecfg = config.eval
     if ecfg.interval is None:
-        round_time = slowest + (2 if pcfg.kind == "gossip" else 1) * delay
+        round_time = slowest + queue + (2 if pcfg.kind == "gossip" else 1) * delay
         ecfg = ecfg.model_copy(update={"interval": _round_up(round_time)})
     return config.model_copy(update={"protocol": pcfg, "eval": ecfg})
 
@@ -252,7 +273,7 @@ def run(
         cfg, source = config_from_mapping(data), "<mapping>"
     else:
         cfg = load_config(config, overrides)
-        source = str(config) if config is not None else "<default config>"
+        source = str(config) if config is not None else DEFAULT_SOURCE
 
     wall0 = time.perf_counter()
     threads = torch.get_num_threads()
@@ -323,11 +344,13 @@ def _run(
         raise
     else:
         summary = _summary(cfg, built, recorder, outcome, time.perf_counter() - wall0)
-        recorder.log.info("run_finished", t=outcome.virtual_time, **summary["final"])
+        recorder.log.info("run_finished", t=outcome.virtual_time, **finite(summary["final"]))
     finally:
-        recorder.write_edges()
-        recorder.write_summary(summary)
-        recorder.close()
+        try:
+            recorder.write_edges()
+            recorder.write_summary(summary)
+        finally:
+            recorder.close()
     return Result(run_dir=run_dir, config=cfg, summary=summary)
 
 
@@ -360,4 +383,24 @@ def _summary(
         "bytes": recorder.byte_totals(),
         "frames_rejected": recorder.rejected,
         "protocol_events": counters,
+        "diverged_peers": [p.id for p in built.peers if p.diverged],
+        "warnings": _warnings(built, counters),
     }
+
+
+def _warnings(built: Built, counters: dict[str, int]) -> list[str]:
+    """Things a reader of the summary should not miss."""
+    out = []
+    rounds = sum(p.protocol.progress(p.state) for p in built.peers) or 1
+    cfg = built.config
+    for name in ("neighbours_skipped", "gossip_timed_out"):
+        share = counters.get(name, 0) / rounds
+        if share > 0.05:
+            out.append(
+                f"{name} in {100 * share:.0f}% of rounds: protocol.timeout "
+                f"({cfg.protocol.timeout}s) may be too short for this network"
+            )
+    diverged = [p.id for p in built.peers if p.diverged]
+    if diverged:
+        out.append(f"training diverged (non-finite loss) at peers {diverged[:10]}: lower lr")
+    return out

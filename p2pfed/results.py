@@ -41,7 +41,11 @@ class RunRecorder:
         self.run_id = run_id
         run_dir.mkdir(parents=True, exist_ok=True)
         self._events: IO[str] = (run_dir / "events.jsonl").open("w")
-        self._metrics: IO[str] = (run_dir / "metrics.jsonl").open("w")
+        try:
+            self._metrics: IO[str] = (run_dir / "metrics.jsonl").open("w")
+        except OSError:
+            self._events.close()
+            raise
         self.log: Any = structlog.wrap_logger(
             structlog.WriteLogger(self._events),
             processors=[
@@ -83,7 +87,7 @@ class RunRecorder:
 
     def evaluated(self, rows: list[MetricRow]) -> None:
         for row in rows:
-            self._metrics.write(json.dumps(_row_dict(row)) + "\n")
+            self._metrics.write(json.dumps(finite(_row_dict(row)), allow_nan=False) + "\n")
         self._metrics.flush()
         self.last_rows = rows
         accs = [r.test_acc for r in rows]
@@ -124,7 +128,7 @@ class RunRecorder:
         return {"payload": payload, "metadata": meta, "total": payload + meta}
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        text = json.dumps(summary, indent=2, allow_nan=False, default=_json_default)
+        text = json.dumps(finite(summary), indent=2, allow_nan=False, default=_json_default)
         (self.run_dir / "summary.json").write_text(text + "\n")
 
     def close(self) -> None:
@@ -162,9 +166,19 @@ def _row_dict(row: MetricRow) -> dict[str, Any]:
     }
 
 
+def finite(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by ``None`` (JSON has no NaN; a
+    diverged run must still leave valid metrics and a summary)."""
+    if isinstance(obj, float | np.floating):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite(v) for v in obj]
+    return obj
+
+
 def _json_default(obj: object) -> object:
     if isinstance(obj, np.generic):
         return obj.item()
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

@@ -13,7 +13,11 @@ Simplifications, stated so they are not mistaken for measurements: links are ind
 (no shared bottleneck), the downlink is unlimited, and lost frames are not retransmitted —
 protocols see loss and must cope (timeouts, push-sum mass loss).
 
-All draws come from generators handed in, so a run is reproducible from its seed.
+All draws come from a seed handed in, split into one generator per peer (its compute
+jitter) and one per sender (its links' delays and losses). A peer's draws therefore depend
+only on its own sequence of actions, not on how its events interleave with other peers' —
+which is what lets several hosts, each drawing for its own peers, reproduce a
+single-process run bit for bit.
 """
 
 from __future__ import annotations
@@ -89,25 +93,27 @@ class NetworkConfig(BaseModel):
 class CostModel:
     """Virtual seconds a peer spends training."""
 
-    def __init__(self, cfg: TimeConfig, num_peers: int, rng: np.random.Generator):
+    def __init__(self, cfg: TimeConfig, num_peers: int, seed: np.random.SeedSequence):
         for peer in cfg.slowdown:
             if peer >= num_peers:
                 raise ValueError(f"time.slowdown names peer {peer}, but there are {num_peers}")
+        choice_seed, peers_seed = seed.spawn(2)
         slow = np.ones(num_peers)
         n_stragglers = round(cfg.stragglers.fraction * num_peers)
         if n_stragglers:
+            rng = np.random.default_rng(choice_seed)
             chosen = rng.choice(num_peers, size=n_stragglers, replace=False)
             slow[chosen] = cfg.stragglers.slowdown
         for peer, factor in cfg.slowdown.items():
             slow[peer] = factor
         self.slowdown = slow
         self._cfg = cfg
-        self._rng = rng
+        self._rngs = [np.random.default_rng(s) for s in peers_seed.spawn(num_peers)]
 
     def train_time(self, peer: int, samples: int) -> float:
         t = samples * self._cfg.seconds_per_sample * float(self.slowdown[peer])
         if self._cfg.compute_jitter > 0:
-            t *= float(self._rng.lognormal(0.0, self._cfg.compute_jitter))
+            t *= float(self._rngs[peer].lognormal(0.0, self._cfg.compute_jitter))
         return t
 
     def expected_train_time(self, peer: int, samples: int) -> float:
@@ -125,32 +131,36 @@ class Transmission:
 class NetworkModel:
     """Samples each frame's departure, arrival and loss; tracks every peer's uplink."""
 
-    def __init__(self, cfg: NetworkConfig, num_peers: int, rng: np.random.Generator):
+    def __init__(self, cfg: NetworkConfig, num_peers: int, seed: np.random.SeedSequence):
         self._cfg = cfg
-        self._rng = rng
+        self._rngs = [np.random.default_rng(s) for s in seed.spawn(num_peers)]  # per sender
         self._uplink_free = np.zeros(num_peers)
 
     @property
     def min_latency(self) -> float:
         return self._cfg.latency.min
 
-    def _extra_delay(self) -> float:
+    def _extra_delay(self, rng: np.random.Generator) -> float:
         lat = self._cfg.latency
         if lat.dist == "constant" or lat.scale == 0:
             return 0.0
         if lat.dist == "uniform":
-            return float(self._rng.uniform(0.0, lat.scale))
+            return float(rng.uniform(0.0, lat.scale))
         if lat.dist == "exponential":
-            return float(self._rng.exponential(lat.scale))
-        return lat.scale * float(self._rng.lognormal(0.0, 1.0))
+            return float(rng.exponential(lat.scale))
+        return lat.scale * float(rng.lognormal(0.0, 1.0))
+
+    def serialise_time(self, nbytes: int) -> float:
+        """Seconds a frame of ``nbytes`` occupies its sender's uplink."""
+        return 0.0 if self._cfg.bandwidth is None else 8.0 * nbytes / self._cfg.bandwidth
 
     def transmit(self, src: int, nbytes: int, now: float) -> Transmission:
         start = max(now, float(self._uplink_free[src]))
-        serialise = 0.0 if self._cfg.bandwidth is None else 8.0 * nbytes / self._cfg.bandwidth
-        depart = start + serialise
+        depart = start + self.serialise_time(nbytes)
         self._uplink_free[src] = depart
-        arrive = depart + self._cfg.latency.min + self._extra_delay()
-        lost = self._cfg.loss > 0 and float(self._rng.random()) < self._cfg.loss
+        rng = self._rngs[src]
+        arrive = depart + self._cfg.latency.min + self._extra_delay(rng)
+        lost = self._cfg.loss > 0 and float(rng.random()) < self._cfg.loss
         return Transmission(depart=depart, arrive=arrive, lost=lost)
 
     def expected_delay(self, nbytes: int) -> float:
@@ -161,5 +171,4 @@ class NetworkModel:
             "exponential": lat.scale,
             "lognormal": lat.scale * float(np.exp(0.5)),
         }[lat.dist]
-        serialise = 0.0 if self._cfg.bandwidth is None else 8.0 * nbytes / self._cfg.bandwidth
-        return serialise + lat.min + extra
+        return self.serialise_time(nbytes) + lat.min + extra

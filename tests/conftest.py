@@ -1,14 +1,11 @@
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
 # Tiny models on 2 cores: intra-op threads cost more than they give, and the test suite
 # must not fight itself for cores.
 torch.set_num_threads(1)
-os.environ.setdefault("P2PFED_PROGRESS", "off")
 
 
 def small_config(**sections: dict) -> dict:  # type: ignore[type-arg]

@@ -194,13 +194,22 @@ def test_topology_show_ring16(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert len(data) > len(PNG_MAGIC)
 
 
-def test_topology_show_default_png_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    topo = write_yaml(tmp_path / "complete5.yaml", {"kind": "complete", "n": 5})
+def test_topology_show_default_png_goes_to_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Not next to FILE: for the shipped files that is the repository's topologies/ folder.
+    (tmp_path / "topos").mkdir()
+    topo = write_yaml(tmp_path / "topos" / "complete5.yaml", {"kind": "complete", "n": 5})
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
     rc = main(["topology", "show", str(topo)])
     out, _ = capsys.readouterr()
     assert rc == 0
     assert parse_description(out)["diameter"] == "1"
-    assert (tmp_path / "complete5.png").read_bytes().startswith(PNG_MAGIC)
+    assert (cwd / "complete5.png").read_bytes().startswith(PNG_MAGIC)
+    assert "complete5.png" in out
+    assert sorted(p.name for p in topo.parent.iterdir()) == ["complete5.yaml"]
 
 
 @pytest.mark.parametrize(

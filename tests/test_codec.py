@@ -97,3 +97,33 @@ def test_codec_refuses_unknown_message_type_on_encode() -> None:
 def test_object_arrays_cannot_be_sent() -> None:
     with pytest.raises(FrameError, match="cannot be sent"):
         CODEC.encode(0, 1, ModelShare(round=0, params=np.array([object()], dtype=object)))
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"body.round": "0"}, "round of ModelShare is not a int"),
+        ({"body.round": True}, "round of ModelShare is not a int"),
+        ({"body.params": 7}, "params of ModelShare is not a ndarray"),
+        ({"src": True}, "peer ids"),
+        ({"dst": -1}, "peer ids"),
+    ],
+)
+def test_field_types_are_checked(changes: dict[str, object], reason: str) -> None:
+    with pytest.raises(FrameError, match=reason):
+        CODEC.decode(_raw(**changes))
+
+
+def test_vector_size_is_enforced_when_known() -> None:
+    sized = Codec([ModelShare], vector_size=4)
+    frame, _ = sized.encode(0, 1, ModelShare(round=0, params=np.ones(4, np.float32)))
+    assert sized.decode(frame).message.params.shape == (4,)  # type: ignore[attr-defined]
+    bad, _ = sized.encode(0, 1, ModelShare(round=0, params=np.ones(5, np.float32)))
+    with pytest.raises(FrameError, match=r"shape \(5,\), expected \(4,\)"):
+        sized.decode(bad)
+
+
+def test_push_sum_weight_may_be_an_int_on_the_wire() -> None:
+    frame, _ = CODEC.encode(0, 1, PushSumShare(round=0, x=np.zeros(2, np.float32), w=1))
+    msg = CODEC.decode(frame).message
+    assert isinstance(msg, PushSumShare) and isinstance(msg.w, float)

@@ -462,3 +462,16 @@ def test_config_is_frozen() -> None:
     with pytest.raises(ValidationError):
         cfg.network.latency.min = 1.0  # type: ignore[misc]
     assert (cfg.seed, cfg.training.lr, cfg.topology.n) == (0, 0.05, 16)
+
+
+def test_setting_a_topology_file_replaces_the_inline_topology() -> None:
+    repo = Path(__file__).resolve().parents[1]
+    # the embedded default says {kind: ring, n: 16}; the file is a directed 8-peer ring
+    cfg = load_config(None, [f"topology.file={repo / 'topologies' / 'directed_ring8.yaml'}"])
+    assert cfg.topology.n == 8 and cfg.topology.directed
+    # later overrides still apply on top of the file
+    cfg = load_config(
+        None,
+        [f"topology.file={repo / 'topologies' / 'small_world32.yaml'}", "topology.seed=5"],
+    )
+    assert cfg.topology.kind == "small_world" and cfg.topology.seed == 5

@@ -192,9 +192,9 @@ def test_synthetic_too_small_to_stratify_is_a_data_error() -> None:
         {"colour": True},
         {"dataset": "npz"},  # path missing
         {"dataset": "digits", "path": "x.npz"},  # path where unused
-        {"features": 4, "informative": 5},
+        {"dataset": "synthetic", "features": 4, "informative": 5},
         {"dataset": "synthetic", "features": 2, "classes": 5},  # 2 informative dims too few
-        {"class_sep": 0.0},
+        {"dataset": "synthetic", "class_sep": 0.0},
     ],
 )
 def test_data_config_rejects_bad_values(kwargs: dict[str, object]) -> None:
@@ -203,9 +203,99 @@ def test_data_config_rejects_bad_values(kwargs: dict[str, object]) -> None:
 
 
 def test_data_config_default_informative() -> None:
-    assert DataConfig(features=32).n_informative == 16
-    assert DataConfig(features=3).n_informative == 2
-    assert DataConfig(features=8, informative=8).n_informative == 8
+    assert DataConfig(dataset="synthetic", features=32).n_informative == 16
+    assert DataConfig(dataset="synthetic", features=3, classes=2).n_informative == 2
+    assert DataConfig(dataset="synthetic", features=8, informative=8).n_informative == 8
+
+
+SYNTHETIC_KEYS = {
+    "samples_per_peer": 50,
+    "features": 12,
+    "classes": 3,
+    "informative": 6,
+    "class_sep": 2.0,
+}
+
+
+@pytest.mark.parametrize(("key", "value"), SYNTHETIC_KEYS.items())
+def test_synthetic_keys_are_accepted_with_synthetic(key: str, value: object) -> None:
+    cfg = DataConfig.model_validate({"dataset": "synthetic", key: value})
+    assert getattr(cfg, key) == value
+
+
+@pytest.mark.parametrize("dataset", ["digits", "mnist", "npz"])
+@pytest.mark.parametrize(("key", "value"), SYNTHETIC_KEYS.items())
+def test_synthetic_keys_are_rejected_elsewhere(dataset: str, key: str, value: object) -> None:
+    fields: dict[str, object] = {"dataset": dataset, key: value}
+    if dataset == "npz":
+        fields["path"] = "x.npz"
+    with pytest.raises(ValidationError) as exc:
+        DataConfig.model_validate(fields)
+    (err,) = exc.value.errors()
+    assert err["loc"] == (key,)
+    assert f"{key} is only used by dataset synthetic, not {dataset}" in err["msg"]
+
+
+def test_path_is_accepted_with_npz_only() -> None:
+    assert DataConfig(dataset="npz", path="x.npz").path == "x.npz"
+    with pytest.raises(ValidationError) as exc:
+        DataConfig(dataset="synthetic", path="x.npz")
+    (err,) = exc.value.errors()
+    assert err["loc"] == ("path",) and "only used by dataset npz" in err["msg"]
+
+
+@pytest.mark.parametrize("dataset", ["digits", "mnist", "synthetic"])
+def test_data_defaults_and_none_are_not_unused_keys(dataset: str) -> None:
+    # Defaults are never "given", and None is how the optional keys say unset.
+    DataConfig(dataset=dataset)
+    DataConfig(dataset=dataset, test_fraction=0.3)
+    DataConfig.model_validate({"dataset": dataset, "path": None})
+    if dataset != "synthetic":
+        DataConfig.model_validate({"dataset": dataset, "informative": None})
+
+
+SCHEME_KEYS = {
+    "alpha": ("dirichlet", 0.3),
+    "classes_per_peer": ("shards", 3),
+    "beta": ("quantity_skew", 0.4),
+}
+SCHEMES = ["iid", "dirichlet", "shards", "quantity_skew"]
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("key", SCHEME_KEYS)
+def test_scheme_keys_only_with_their_scheme(scheme: str, key: str) -> None:
+    user, value = SCHEME_KEYS[key]
+    fields = {"scheme": scheme, key: value}
+    if scheme == user:
+        assert getattr(PartitionConfig.model_validate(fields), key) == value
+        return
+    with pytest.raises(ValidationError) as exc:
+        PartitionConfig.model_validate(fields)
+    (err,) = exc.value.errors()
+    assert err["loc"] == (key,)
+    assert f"{key} is only used by scheme {user}, not {scheme}" in err["msg"]
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_min_samples_and_defaults_are_fine_with_every_scheme(scheme: str) -> None:
+    # partition() enforces min_samples for every scheme, so every scheme uses it.
+    assert PartitionConfig(scheme=scheme, min_samples=3).min_samples == 3
+    assert PartitionConfig(scheme=scheme).alpha == 0.5  # a default is not a given key
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("dataset", ["digits", "synthetic"])
+def test_dumped_configs_drop_unused_keys_and_load_again(scheme: str, dataset: str) -> None:
+    part = PartitionConfig(scheme=scheme)
+    dumped = part.model_dump(mode="json")
+    assert {k for k, (user, _) in SCHEME_KEYS.items() if user == scheme} <= set(dumped)
+    assert not {k for k, (user, _) in SCHEME_KEYS.items() if user != scheme} & set(dumped)
+    assert PartitionConfig.model_validate(dumped) == part
+    data = DataConfig(dataset=dataset)
+    dumped = data.model_dump(mode="json")
+    assert (set(SYNTHETIC_KEYS) <= set(dumped)) == (dataset == "synthetic")
+    assert DataConfig.model_validate(dumped) == data
 
 
 @pytest.mark.parametrize(
@@ -213,8 +303,8 @@ def test_data_config_default_informative() -> None:
     [
         {"alpha": 0.0},
         {"alpha": -1.0},
-        {"beta": 0.0},
-        {"classes_per_peer": 0},
+        {"scheme": "quantity_skew", "beta": 0.0},
+        {"scheme": "shards", "classes_per_peer": 0},
         {"min_samples": 0},
         {"scheme": "pathological"},
         {"alpah": 1.0},

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from scipy.sparse import csgraph
 
 import p2pfed.topology as topology_pkg
+import p2pfed.topology.schedule as schedule_mod
 from p2pfed.errors import ConfigError, TopologyError
 from p2pfed.topology import (
     OnePeerExponential,
@@ -486,6 +487,31 @@ def test_random_regular_dynamic() -> None:
     assert build_schedule(pinned, seed=1).at(0) == RandomRegularResampled(16, 4, 9).at(0)
     with pytest.raises(TopologyError, match="regular"):
         RandomRegularResampled(15, 3, 0)
+
+
+def test_resampled_schedule_builds_each_step_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Asynchronous peers ask for steps far apart and out of order; a bounded cache rebuilt
+    # the same graphs again and again (1953 builds for 20 distinct steps in one review run).
+    builds: list[int] = []
+    real = schedule_mod.random_regular_graph
+
+    def counting(n: int, degree: int, seed: list[int]) -> nx.Graph:
+        builds.append(seed[1])
+        return real(n, degree, seed)
+
+    monkeypatch.setattr(schedule_mod, "random_regular_graph", counting)
+    schedule = RandomRegularResampled(12, 3, seed=7)
+    steps = list(range(20))
+    order = [step for rep in range(5) for step in np.random.default_rng(rep).permutation(steps)]
+    graphs = {step: schedule.at(step) for step in order}
+    assert sorted(builds) == steps  # each step built exactly once, whatever the order
+    for step in order:  # and later asks return the kept graph
+        assert schedule.at(step) is graphs[step]
+    assert len(builds) == len(steps)
+    fresh = RandomRegularResampled(12, 3, seed=7)  # deterministic: order does not matter
+    assert all(fresh.at(step) == graphs[step] for step in reversed(steps))
+    copy = pickle.loads(pickle.dumps(schedule))
+    assert all(copy.at(step) == graphs[step] for step in steps)
 
 
 def test_build_topology_rejects_dynamic_kinds() -> None:

@@ -18,7 +18,8 @@ update costs) and *metadata* (everything else: header, field names, scalars).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+import typing
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,14 +61,22 @@ class FrameSize:
 class Codec:
     """Encodes and decodes the messages of a fixed set of types."""
 
-    def __init__(self, message_types: Iterable[type[Message]]):
+    def __init__(self, message_types: Iterable[type[Message]], *, vector_size: int | None = None):
+        """``vector_size``, when given, is the length every array field must have (the model's
+        parameter count): a frame carrying anything else is rejected at decoding."""
         self._types: dict[str, type[Message]] = {}
-        self._fields: dict[str, frozenset[str]] = {}
+        self._fields: dict[str, dict[str, type]] = {}
+        self.vector_size = vector_size
         for cls in message_types:
             if not (dataclasses.is_dataclass(cls) and issubclass(cls, Message)):
                 raise TypeError(f"{cls!r} is not a Message dataclass")
+            hints = typing.get_type_hints(cls)
+            fields = {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+            for name, tp in fields.items():
+                if tp not in _CHECKS:
+                    raise TypeError(f"{cls.__name__}.{name}: cannot send a field of type {tp}")
             self._types[cls.__name__] = cls
-            self._fields[cls.__name__] = frozenset(f.name for f in dataclasses.fields(cls))
+            self._fields[cls.__name__] = fields
 
     @property
     def message_types(self) -> tuple[type[Message], ...]:
@@ -112,16 +121,42 @@ class Codec:
         cls = self._types.get(name) if isinstance(name, str) else None
         if cls is None:
             raise FrameError(f"unknown message type {name!r}")
-        if not isinstance(body, dict) or set(body) != self._fields[name]:
+        fields = self._fields[name]
+        if not isinstance(body, dict) or set(body) != set(fields):
             raise FrameError(f"fields of {name} do not match its definition")
-        if not (isinstance(obj["src"], int) and isinstance(obj["dst"], int)):
+        if not all(_is_int(obj[k]) and obj[k] >= 0 for k in ("src", "dst")):
             raise FrameError("malformed frame: peer ids must be integers")
-        values = {k: _decode_value(k, v) for k, v in body.items()}
+        values = {}
+        for key, raw in body.items():
+            value = _decode_value(key, raw)
+            if not _CHECKS[fields[key]](value):
+                raise FrameError(f"field {key} of {name} is not a {fields[key].__name__}")
+            size = self.vector_size
+            if isinstance(value, np.ndarray) and size is not None and value.shape != (size,):
+                raise FrameError(
+                    f"field {key} of {name} has shape {value.shape}, expected ({size},)"
+                )
+            values[key] = float(value) if fields[key] is float else value
         try:
             message = cls(**values)
         except (TypeError, ValueError) as exc:
             raise FrameError(f"invalid {name}: {exc}") from None
         return Frame(src=obj["src"], dst=obj["dst"], message=message)
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+# Field types a message may declare, and how a decoded value is checked against each.
+_CHECKS: dict[object, Callable[[Any], bool]] = {
+    int: _is_int,
+    float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    str: lambda v: isinstance(v, str),
+    bytes: lambda v: isinstance(v, bytes),
+    bool: lambda v: isinstance(v, bool),
+    np.ndarray: lambda v: isinstance(v, np.ndarray),
+}
 
 
 def _decode_value(key: str, value: Any) -> Any:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 
@@ -140,7 +140,11 @@ class Protocol(abc.ABC, Generic[S]):
     """A peer's protocol logic. Subclasses hold only immutable configuration (peer id,
     topology schedule, hyper-parameters); everything that changes lives in the state ``S``."""
 
+    #: the message types this protocol sends (the codec is built from them)
+    messages: ClassVar[tuple[type[Message], ...]] = ()
+    #: this peer's id, and how many local rounds it runs before it stops
     peer: int
+    rounds: int
 
     @abc.abstractmethod
     def initial_state(self, params: np.ndarray) -> S:

@@ -125,7 +125,9 @@ class AsyncGossip(Protocol[GossipState]):
             msg = event.message
             if isinstance(msg, GossipRequest):
                 reply = GossipReply(nonce=msg.nonce, params=state.params.astype(np.float32))
-                state.params += (msg.params - reply.params) / 2.0
+                # both halves are computed in float64 from the same two float32 vectors, so
+                # they cancel to float64 rounding
+                state.params += (msg.params.astype(np.float64) - reply.params) / 2.0
                 return state, [Send(to=event.sender, message=reply)]
             if isinstance(msg, GossipReply):
                 return self._on_reply(state, msg)
@@ -161,7 +163,7 @@ class AsyncGossip(Protocol[GossipState]):
         sent = state.sent.pop(msg.nonce, None)
         if sent is None:
             return state, [Emit("unexpected_reply_dropped", {"nonce": msg.nonce})]
-        state.params += (msg.params - sent.astype(np.float64)) / 2.0
+        state.params += (msg.params.astype(np.float64) - sent) / 2.0
         state.exchanges += 1
         if state.phase == "waiting" and msg.nonce == state.round:
             return self._finish_round(state, [])

@@ -14,7 +14,8 @@ of W^r and keeps its own share::
 
 Incoming shares are added to (x, w) the moment they arrive, whatever the peer is doing, so
 the protocol is asynchronous with no waiting at all, and mass (Σ x, Σ w) is conserved
-exactly however messages interleave. Only column stochasticity is needed, which is why
+however messages interleave: a sender keeps exactly what it did not send, so the only
+error is float64 rounding. Only column stochasticity is needed, which is why
 push-sum works on directed graphs where symmetric averaging cannot. A lost share loses its
 mass; z stays a weighted average of models, only with a bias toward the peers whose mass
 survived.
@@ -114,24 +115,19 @@ class PushSum(Protocol[PushSumState]):
 
     def _push(self, state: PushSumState) -> tuple[PushSumState, list[Effect]]:
         topo = self.schedule.at(state.round)
+        if topo.weight(self.peer, self.peer) <= 0.0:
+            raise ProtocolError(f"push-sum needs a positive self weight at peer {self.peer}")
         effects: list[Effect] = []
         for j in topo.out_neighbours(self.peer):
             share = topo.weight(j, self.peer)
-            effects.append(
-                Send(
-                    to=j,
-                    message=PushSumShare(
-                        round=state.round,
-                        x=(share * state.x).astype(np.float32),
-                        w=share * state.w,
-                    ),
-                )
+            msg = PushSumShare(
+                round=state.round, x=(share * state.x).astype(np.float32), w=share * state.w
             )
-        keep = topo.weight(self.peer, self.peer)
-        if keep <= 0.0:
-            raise ProtocolError(f"push-sum needs a positive self weight at peer {self.peer}")
-        state.x *= keep
-        state.w *= keep
+            # Keep exactly what was not sent (the float32 rounding of a share included), so
+            # the network's mass is conserved to float64 precision, not float32.
+            state.x -= msg.x
+            state.w -= msg.w
+            effects.append(Send(to=j, message=msg))
         state.round += 1
         if state.round >= self.rounds:
             state.phase = "done"

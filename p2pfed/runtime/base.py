@@ -32,6 +32,7 @@ class PeerSlot:
     training: bool = False
     last_loss: float = math.nan
     samples_trained: int = 0
+    diverged: bool = False  # a training run returned a non-finite loss
     counters: dict[str, int] = field(default_factory=dict)
 
 

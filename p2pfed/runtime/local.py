@@ -15,13 +15,16 @@ Effects become future events:
   the peer from training.
 
 Evaluation ticks are scheduled by the runtime itself every ``eval_interval`` virtual
-seconds, plus one final tick when every peer has stopped.
+seconds, plus one final tick when every peer has stopped and the frames still on the wire
+have landed (nothing sent is silently dropped: ``sent == delivered + lost + rejected +
+in_flight``, and ``in_flight`` is non-zero only when a time limit cut the run short).
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +58,7 @@ class RunOutcome:
     """How a run ended."""
 
     status: str  # "completed" | "time_limit"
+    # frames: sent == delivered + lost + rejected + in_flight (in flight only at a time limit)
     virtual_time: float
     events: int
     final: list[MetricRow]
@@ -96,7 +100,8 @@ class LocalRuntime:
         self._pending_work = 0  # scheduled events other than evaluation ticks
         self._tick = 0
         self._completed = 0
-        self._frames = {"sent": 0, "delivered": 0, "lost": 0, "rejected": 0}
+        self._done = 0
+        self._frames = {"sent": 0, "delivered": 0, "lost": 0, "rejected": 0, "in_flight": 0}
 
     # --- scheduling ---------------------------------------------------------------------
 
@@ -108,13 +113,13 @@ class LocalRuntime:
     # --- the loop -------------------------------------------------------------------------
 
     def run(self) -> RunOutcome:
-        total = sum(getattr(p.protocol, "rounds", 0) for p in self.peers)
+        total = sum(p.protocol.rounds for p in self.peers)
         self._evaluate(0.0)
         self._push(self.eval_interval, _EVAL, -1, None)
         for peer in self.peers:
             self._push(0.0, _EVENT, peer.id, Started())
         events, status = 0, "completed"
-        while not all(p.done for p in self.peers):
+        while self._done < len(self.peers):
             if self._pending_work == 0:
                 waiting = [p.id for p in self.peers if not p.done]
                 raise RuntimeFailure(
@@ -138,8 +143,26 @@ class LocalRuntime:
             else:
                 self._deliver(self.peers[target], payload)
             self.observer.progress(self.now, self._completed, total)
+        if status == "completed":
+            events += self._settle()
+        self._frames["in_flight"] = sum(1 for e in self._heap if e[2] == _FRAME)
         final = self._evaluate(self.now)
         return RunOutcome(status, self.now, events, final, dict(self._frames))
+
+    def _settle(self) -> int:
+        """Every peer has stopped: deliver the frames still on the wire (push-sum mass, late
+        replies) so nothing sent is silently dropped. Stopped peers start no new work, so
+        this ends; timers are moot and discarded."""
+        delivered = 0
+        while self._heap:
+            t, _, kind, target, payload = heapq.heappop(self._heap)
+            if kind != _FRAME:
+                continue
+            self.now = t
+            self._on_frame(target, payload)
+            delivered += 1
+        self._pending_work = 0
+        return delivered
 
     # --- delivering events and executing effects -------------------------------------------
 
@@ -148,6 +171,9 @@ class LocalRuntime:
             peer.training = False
             peer.last_loss = event.loss
             peer.samples_trained += event.samples
+            if not math.isfinite(event.loss) and not peer.diverged:
+                peer.diverged = True
+                self.observer.peer_event(self.now, peer.id, "training_diverged", {})
         before = peer.protocol.progress(peer.state)
         peer.state, effects = peer.protocol.on_event(peer.state, event)
         self._completed += peer.protocol.progress(peer.state) - before
@@ -175,6 +201,8 @@ class LocalRuntime:
             peer.counters[effect.name] = peer.counters.get(effect.name, 0) + 1
             self.observer.peer_event(self.now, peer.id, effect.name, effect.fields)
         elif isinstance(effect, Stop):
+            if not peer.done:
+                self._done += 1
             peer.done = True
             self.observer.peer_event(self.now, peer.id, "peer_finished", {})
         else:  # pragma: no cover - the Effect union is closed
@@ -227,7 +255,7 @@ class LocalRuntime:
                     t=t,
                     peer=peer.id,
                     round=peer.protocol.progress(peer.state),
-                    train_loss=None if np.isnan(peer.last_loss) else peer.last_loss,
+                    train_loss=peer.last_loss if peer.samples_trained else None,
                     test_acc=ev.accuracy,
                     test_loss=ev.loss,
                     consensus_dist=float(dist),

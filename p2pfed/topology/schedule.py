@@ -21,7 +21,6 @@ on it without talking.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -37,7 +36,6 @@ from p2pfed.topology.spec import TopologySpec
 _ZERO_MODULUS = 1e-12
 # Steps over which the gap of a resampled random graph is averaged.
 GAP_SAMPLE_STEPS = 8
-CACHE_SIZE = 8
 
 
 def _check_step(step: int) -> int:
@@ -197,7 +195,7 @@ class OnePeerExponential:
 
 class RandomRegularResampled:
     """A fresh connected random ``degree``-regular graph every step, drawn from
-    ``SeedSequence([seed, step])``; the last few steps' graphs are cached."""
+    ``SeedSequence([seed, step])``; every step's graph is built once and kept."""
 
     def __init__(self, n: int, degree: int, seed: int) -> None:
         check_seed(seed)
@@ -209,8 +207,10 @@ class RandomRegularResampled:
         self._degree = degree
         self._seed = seed
         self._name = f"random_regular_dynamic(n={n}, degree={degree})"
-        # Per instance, not module level: peers of one host share it, runs never do.
-        self._cache: OrderedDict[int, Topology] = OrderedDict()
+        # Per instance, not module level: peers of one host share it, runs never do. Unbounded
+        # on purpose: asynchronous peers drift many steps apart, and a bounded LRU then
+        # rebuilds the same graphs over and over; the protocol bounds the number of steps.
+        self._cache: dict[int, Topology] = {}
         self._gap: float | None = None
 
     @property
@@ -251,16 +251,14 @@ class RandomRegularResampled:
 
     def at(self, step: int) -> Topology:
         step = _check_step(step)
-        cached = self._cache.get(step)
-        if cached is not None:
-            self._cache.move_to_end(step)
-            return cached
-        graph = random_regular_graph(self._n, self._degree, [self._seed, step])
-        topology = Topology(self._n, graph.edges(), name=f"{self._name}@{step}")
-        self._cache[step] = topology
-        if len(self._cache) > CACHE_SIZE:
-            self._cache.popitem(last=False)
+        topology = self._cache.get(step)
+        if topology is None:
+            topology = self._cache[step] = self._build(step)
         return topology
+
+    def _build(self, step: int) -> Topology:
+        graph = random_regular_graph(self._n, self._degree, [self._seed, step])
+        return Topology(self._n, graph.edges(), name=f"{self._name}@{step}")
 
     def __repr__(self) -> str:
         return f"RandomRegularResampled(n={self._n}, degree={self._degree}, seed={self._seed})"
