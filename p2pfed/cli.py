@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 ok, 1 failed, 2 bad input)."""
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":

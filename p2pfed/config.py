@@ -57,8 +57,16 @@ class ProtocolConfig(BaseModel):
         "before moving on; null picks one from the time and network models",
     )
 
+    @model_validator(mode="after")
+    def _timeout_needs_a_wait(self) -> ProtocolConfig:
+        if self.kind == "pushsum" and self.timeout is not None:
+            raise ValueError("timeout is not used by pushsum, which never waits (remove it)")
+        return self
+
 
 class EvalConfig(BaseModel):
+    """When peers are evaluated on the held-out test set."""
+
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     interval: float | None = Field(
@@ -74,6 +82,8 @@ class EvalConfig(BaseModel):
 
 
 class OutputConfig(BaseModel):
+    """Where results go and how much is logged and shown."""
+
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     dir: str | None = Field(None, description="run directory; null: runs/<name>-<timestamp>")
@@ -168,6 +178,12 @@ def config_from_mapping(
     topo = raw.get("topology")
     if isinstance(topo, Mapping) and "file" in topo:
         raw["topology"], topo_source = _merge_topology_file(topo, source, base_dir or Path.cwd())
+    data_section = raw.get("data")
+    if isinstance(data_section, Mapping) and isinstance(data_section.get("path"), str):
+        # like topology files, a data file is found relative to the config file first
+        found = resolve_path(data_section["path"], base_dir or Path.cwd())
+        if found is not None:
+            raw["data"] = {**data_section, "path": str(found.resolve())}
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as exc:

@@ -50,6 +50,8 @@ from p2pfed.training import Evaluator, LocalTrainer
 _STREAMS = ("topology", "data", "partition", "model", "network", "cost", "peers", "eval")
 # msgpack envelope and field names around a model vector, for timeout estimates only
 _FRAME_OVERHEAD = 128
+# more evaluation ticks than this is a mistake, not a measurement
+_MAX_EVAL_TICKS = 5000
 
 
 @dataclass(frozen=True)
@@ -221,9 +223,20 @@ def _resolve_automatic(
             wait += 2 * slowest
         pcfg = pcfg.model_copy(update={"timeout": _round_up(wait)})
     ecfg = config.eval
+    round_time = slowest + queue + (2 if pcfg.kind == "gossip" else 1) * delay
     if ecfg.interval is None:
-        round_time = slowest + queue + (2 if pcfg.kind == "gossip" else 1) * delay
         ecfg = ecfg.model_copy(update={"interval": _round_up(round_time)})
+    else:
+        # every tick scores every peer on the test set: refuse intervals that would make
+        # evaluation, not training, the whole run
+        ticks = pcfg.rounds * round_time / ecfg.interval
+        if ticks > _MAX_EVAL_TICKS:
+            raise ConfigError(
+                f"{ecfg.interval}s would evaluate about {ticks:,.0f} times (a round takes "
+                f"about {round_time:.3g}s); use at least "
+                f"{_round_up(pcfg.rounds * round_time / _MAX_EVAL_TICKS)}",
+                key="eval.interval",
+            )
     return config.model_copy(update={"protocol": pcfg, "eval": ecfg})
 
 
@@ -232,7 +245,7 @@ def _round_up(x: float) -> float:
     if x <= 0:
         return x
     scale = 10 ** (math.floor(math.log10(x)) - 2)
-    return math.ceil(x / scale) * scale
+    return float(f"{math.ceil(x / scale) * scale:.3g}")  # no binary noise in configs
 
 
 def _run_dir(config: ExperimentConfig, out: str | Path | None) -> Path:

@@ -137,6 +137,7 @@ class RunRecorder:
 
 
 def final_accuracy(rows: list[MetricRow]) -> dict[str, float]:
+    """Mean/min/max test accuracy and means of loss and consensus distance over peers."""
     accs = np.array([r.test_acc for r in rows])
     return {
         "mean_acc": float(accs.mean()),

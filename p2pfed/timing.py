@@ -30,6 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class StragglerConfig(BaseModel):
+    """A random share of peers whose training is slower by a constant factor."""
+
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     fraction: float = Field(0.0, ge=0, le=1, description="share of peers that are slow")
@@ -66,6 +68,8 @@ class TimeConfig(BaseModel):
 
 
 class LatencyConfig(BaseModel):
+    """One-way link latency: a positive minimum plus a random extra delay."""
+
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     min: float = Field(0.01, gt=0, description="minimum one-way latency in seconds (> 0)")
@@ -123,6 +127,8 @@ class CostModel:
 
 @dataclass(frozen=True)
 class Transmission:
+    """What the network model decided for one frame."""
+
     depart: float  # when the last bit leaves the sender's uplink
     arrive: float  # when the frame reaches the receiver
     lost: bool

@@ -46,6 +46,8 @@ class TrainingConfig(BaseModel):
 
 @dataclass(frozen=True)
 class TrainResult:
+    """The outcome of one local training call."""
+
     params: np.ndarray  # (P,) float32
     loss: float  # mean minibatch loss over this call
     samples: int  # samples processed (drives the virtual-time cost model)
@@ -124,6 +126,8 @@ class LocalTrainer:
 
 @dataclass(frozen=True)
 class Evaluation:
+    """Test accuracy and mean cross-entropy of one parameter vector."""
+
     accuracy: float
     loss: float
 

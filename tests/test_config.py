@@ -475,3 +475,20 @@ def test_setting_a_topology_file_replaces_the_inline_topology() -> None:
         [f"topology.file={repo / 'topologies' / 'small_world32.yaml'}", "topology.seed=5"],
     )
     assert cfg.topology.kind == "small_world" and cfg.topology.seed == 5
+
+
+def test_push_sum_refuses_a_timeout_it_would_ignore() -> None:
+    with pytest.raises(ConfigError, match="protocol: timeout is not used by pushsum"):
+        config_from_mapping(small_config(protocol={"kind": "pushsum", "timeout": 1.0}))
+
+
+def test_data_path_resolves_next_to_the_config(tmp_path: Path, monkeypatch: Any) -> None:
+    import numpy as np
+
+    (tmp_path / "exp").mkdir()
+    np.savez(tmp_path / "exp" / "mine.npz", x=np.zeros((4, 2)), y=np.array([0, 1, 0, 1]))
+    cfg_path = tmp_path / "exp" / "e.yaml"
+    cfg_path.write_text(yaml.safe_dump({"data": {"dataset": "npz", "path": "mine.npz"}}))
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(cfg_path)
+    assert cfg.data.path == str((tmp_path / "exp" / "mine.npz").resolve())

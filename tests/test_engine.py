@@ -259,3 +259,8 @@ def test_impossible_experiments_name_their_section(
         p2pfed.run(cfg, out=tmp_path)
     assert info.value.key == key
     assert str(info.value).startswith(f"<mapping>: {key}: ")
+
+
+def test_an_absurd_evaluation_interval_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(p2pfed.ConfigError, match=r"eval.interval: .* would evaluate about"):
+        p2pfed.run(small_config(eval={"interval": 1e-7}), out=tmp_path)

@@ -121,9 +121,8 @@ def _global_rng_uses(source: str, filename: str = "<source>") -> list[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             for a in node.names:  # ``from numpy.random import choice``
                 visit(ast.Name(id=a.asname or a.name, lineno=node.lineno), scope)
-        if name and name.startswith("numpy.random."):
-            if name.split(".")[2] not in NUMPY_RANDOM_OK:
-                found.append(f"{node.lineno}: {name}")
+        if name and name.startswith("numpy.random.") and name.split(".")[2] not in NUMPY_RANDOM_OK:
+            found.append(f"{node.lineno}: {name}")
         if isinstance(node, ast.Call):
             called = _dotted(node.func, aliases) or ""
             parts = called.split(".")

@@ -58,6 +58,8 @@ class ModelShare(Message):
 
 @dataclass
 class DPSGDState:
+    """One peer's D-PSGD state: its model, its round, and models received early."""
+
     params: np.ndarray  # (P,) float32, x_i^r
     round: int = 0
     phase: str = "idle"  # idle -> training -> mixing -> training ... -> done
@@ -68,6 +70,8 @@ class DPSGDState:
 
 
 class DPSGD(Protocol[DPSGDState]):
+    """Synchronous neighbour averaging after local training (see the module docstring)."""
+
     messages: ClassVar[tuple[type[Message], ...]] = (ModelShare,)
 
     def __init__(

@@ -50,18 +50,24 @@ from p2pfed.topology import TopologySchedule
 
 @dataclass(frozen=True)
 class GossipRequest(Message):
+    """A request to average: the requester's model as sent, tagged with its round."""
+
     nonce: int
     params: np.ndarray  # (P,) float32
 
 
 @dataclass(frozen=True)
 class GossipReply(Message):
+    """The replier's model as it was when the request arrived."""
+
     nonce: int
     params: np.ndarray  # (P,) float32
 
 
 @dataclass
 class GossipState:
+    """One peer's gossip state: its model, its generator, and requests awaiting replies."""
+
     params: np.ndarray  # (P,) float64 while in the state, so repeated halving stays exact
     rng: np.random.Generator
     round: int = 0
@@ -72,6 +78,8 @@ class GossipState:
 
 
 class AsyncGossip(Protocol[GossipState]):
+    """Asynchronous pairwise averaging with a random neighbour (see the module docstring)."""
+
     messages: ClassVar[tuple[type[Message], ...]] = (GossipRequest, GossipReply)
 
     #: how many unanswered requests a peer remembers before it forgets the oldest

@@ -49,6 +49,8 @@ from p2pfed.topology import TopologySchedule
 
 @dataclass(frozen=True)
 class PushSumShare(Message):
+    """A share of the sender's push-sum numerator and weight."""
+
     round: int
     x: np.ndarray  # (P,) float32 share of the numerator
     w: float  # share of the push-sum weight
@@ -56,6 +58,8 @@ class PushSumShare(Message):
 
 @dataclass
 class PushSumState:
+    """One peer's push-sum numerator x and weight w; its model is x / w."""
+
     x: np.ndarray  # (P,) float64 numerator
     w: float = 1.0
     round: int = 0
@@ -64,6 +68,8 @@ class PushSumState:
 
 
 class PushSum(Protocol[PushSumState]):
+    """Asynchronous push-sum over column-stochastic weights (see the module docstring)."""
+
     messages: ClassVar[tuple[type[Message], ...]] = (PushSumShare,)
 
     def __init__(
