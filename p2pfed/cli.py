@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     topo_sub = topo.add_subparsers(dest="topology_command", required=True)
     show = topo_sub.add_parser("show", help="print a topology's statistics and draw it")
     show.add_argument("file", help="topology YAML file")
-    show.add_argument("--png", help="where to write the drawing (default: FILE with .png)")
+    show.add_argument("--png", help="where to write the drawing (default: ./<FILE stem>.png)")
     show.add_argument("--seed", type=int, default=0, help="seed for random topologies")
     return parser
 

@@ -15,7 +15,7 @@ def small_config(**sections: dict) -> dict:  # type: ignore[type-arg]
         "seed": 3,
         "topology": {"kind": "ring", "n": 6},
         "data": {"dataset": "digits"},
-        "partition": {"scheme": "dirichlet", "alpha": 0.5},
+        "partition": {"scheme": "dirichlet"},  # alpha 0.5 by default
         "model": {"kind": "logreg"},
         "protocol": {"kind": "dpsgd", "rounds": 4},
         "training": {"lr": 0.1, "batch_size": 32, "local_steps": 3},
