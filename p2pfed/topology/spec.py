@@ -12,7 +12,7 @@ Integers and ``directed`` are strict (``n: true`` or ``degree: "4"`` are errors,
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -40,21 +40,8 @@ Kind = Literal[
     "random_regular_dynamic",
 ]
 
-STATIC_KINDS: frozenset[str] = frozenset(
-    {
-        "ring",
-        "torus",
-        "complete",
-        "star",
-        "random_regular",
-        "erdos_renyi",
-        "small_world",
-        "exponential",
-        "dumbbell",
-        "edge_list",
-    }
-)
 DYNAMIC_KINDS: frozenset[str] = frozenset({"one_peer_exponential", "random_regular_dynamic"})
+STATIC_KINDS: frozenset[str] = frozenset(get_args(Kind)) - DYNAMIC_KINDS
 RANDOM_KINDS: frozenset[str] = frozenset(
     {"random_regular", "erdos_renyi", "small_world", "random_regular_dynamic"}
 )
