@@ -32,6 +32,7 @@ from pydantic import (
 
 from p2pfed.data import DataConfig, PartitionConfig
 from p2pfed.errors import ConfigError
+from p2pfed.fields import Real
 from p2pfed.models import ModelConfig
 from p2pfed.timing import NetworkConfig, TimeConfig
 from p2pfed.topology import TopologySpec
@@ -50,7 +51,7 @@ class ProtocolConfig(BaseModel):
 
     kind: Literal["dpsgd", "gossip", "pushsum"] = "dpsgd"
     rounds: StrictInt = Field(50, ge=1, description="local training rounds per peer")
-    timeout: float | None = Field(
+    timeout: Real | None = Field(
         None,
         gt=0,
         description="seconds a peer waits for its neighbours (dpsgd) or for a gossip reply "
@@ -60,7 +61,10 @@ class ProtocolConfig(BaseModel):
     @model_validator(mode="after")
     def _timeout_needs_a_wait(self) -> ProtocolConfig:
         if self.kind == "pushsum" and self.timeout is not None:
-            raise ValueError("timeout is not used by pushsum, which never waits (remove it)")
+            raise ValueError(
+                "timeout is not used by pushsum, which never waits "
+                "(remove it, or --set protocol.timeout=null)"
+            )
         return self
 
 
@@ -69,7 +73,7 @@ class EvalConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    interval: float | None = Field(
+    interval: Real | None = Field(
         None, gt=0, description="virtual seconds between evaluations; null: about once a round"
     )
     max_test_samples: StrictInt | None = Field(
@@ -154,16 +158,13 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     if path is None:
         text = importlib.resources.files("p2pfed.defaults").joinpath(DEFAULT_CONFIG).read_text()
         source, base_dir = DEFAULT_SOURCE, Path.cwd()
+        data = _parse_yaml(text, source)
     else:
         p = Path(path)
         source, base_dir = str(p), p.resolve().parent
-        try:
-            text = p.read_text()
-        except FileNotFoundError:
-            raise ConfigError("config file not found", source=source) from None
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file: {exc.strerror}", source=source) from None
-    data = _parse_yaml(text, source)
+        if p.is_dir():
+            raise ConfigError("is a directory, not a config file", source=source)
+        data = _as_mapping(read_yaml(p), source)
     for item in overrides:
         apply_override(data, item, source)
     return config_from_mapping(data, source=source, base_dir=base_dir)
@@ -199,8 +200,8 @@ def apply_override(data: dict[str, Any], item: str, source: str) -> None:
     if not all(parts):
         raise ConfigError(f"override {item!r} has an empty key part", source="--set")
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
+        value = parse_yaml(text, "--set")
+    except ConfigError:
         raise ConfigError(f"cannot parse value {text!r}", source="--set", key=key) from None
     if parts == ["topology", "file"]:
         # A new topology file replaces the whole section: keys written inline for the old
@@ -218,7 +219,10 @@ def apply_override(data: dict[str, Any], item: str, source: str) -> None:
 
 
 def _parse_yaml(text: str, source: str) -> dict[str, Any]:
-    data = parse_yaml(text, source)
+    return _as_mapping(parse_yaml(text, source), source)
+
+
+def _as_mapping(data: Any, source: str) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -229,7 +233,7 @@ def _parse_yaml(text: str, source: str) -> dict[str, Any]:
 def resolve_path(name: str, base_dir: Path) -> Path | None:
     """Find ``name`` relative to ``base_dir``, then to the working directory."""
     p = Path(name).expanduser()
-    candidates = [p] if p.is_absolute() else [base_dir / p, Path.cwd() / p]
+    candidates = [p] if p.is_absolute() else list(dict.fromkeys([base_dir / p, Path.cwd() / p]))
     return next((c for c in candidates if c.is_file()), None)
 
 
@@ -242,7 +246,8 @@ def _merge_topology_file(
     path = resolve_path(name, base_dir)
     if path is None:
         raise ConfigError(
-            f"topology file {name!r} not found (looked in {base_dir} and {Path.cwd()})",
+            f"topology file {name!r} not found (looked in "
+            f"{' and '.join(sorted({str(base_dir), str(Path.cwd())}))})",
             source=source,
             key="topology.file",
         )

@@ -242,7 +242,7 @@ def _resolve_automatic(
 
 def _round_up(x: float) -> float:
     """Round up to 3 significant digits, so resolved configs read cleanly."""
-    if x <= 0:
+    if x <= 0 or not math.isfinite(x):
         return x
     scale = 10 ** (math.floor(math.log10(x)) - 2)
     return float(f"{math.ceil(x / scale) * scale:.3g}")  # no binary noise in configs

@@ -28,31 +28,34 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from p2pfed.fields import Real
+
 
 class StragglerConfig(BaseModel):
     """A random share of peers whose training is slower by a constant factor."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    fraction: float = Field(0.0, ge=0, le=1, description="share of peers that are slow")
-    slowdown: float = Field(4.0, ge=1, description="compute-time multiplier of a straggler")
+    fraction: Real = Field(0.0, ge=0, le=1, description="share of peers that are slow")
+    slowdown: Real = Field(4.0, ge=1, le=1e6, description="compute-time multiplier of a straggler")
 
 
 class TimeConfig(BaseModel):
-    """Virtual-time compute model."""
+    """Virtual-time compute model. Upper bounds on times (an hour per sample or per link)
+    keep every derived time finite; they are far beyond any sensible setting."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     mode: Literal["virtual"] = "virtual"
-    seconds_per_sample: float = Field(1e-3, gt=0)
+    seconds_per_sample: Real = Field(1e-3, gt=0, le=3600)
     stragglers: StragglerConfig = StragglerConfig()
-    slowdown: dict[int, float] = Field(
+    slowdown: dict[int, Real] = Field(
         default_factory=dict, description="explicit per-peer slowdown factors (peer id -> >= 1)"
     )
-    compute_jitter: float = Field(
-        0.0, ge=0, description="sigma of a log-normal factor on every training duration"
+    compute_jitter: Real = Field(
+        0.0, ge=0, le=3, description="sigma of a log-normal factor on every training duration"
     )
-    limit: float | None = Field(
+    limit: Real | None = Field(
         None, gt=0, description="stop the run at this virtual time (seconds)"
     )
 
@@ -72,11 +75,12 @@ class LatencyConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    min: float = Field(0.01, gt=0, description="minimum one-way latency in seconds (> 0)")
+    min: Real = Field(0.01, gt=0, le=3600, description="minimum one-way latency in seconds (> 0)")
     dist: Literal["constant", "uniform", "exponential", "lognormal"] = "constant"
-    scale: float = Field(
+    scale: Real = Field(
         0.0,
         ge=0,
+        le=3600,
         description="spread of the extra delay: U(0, scale), Exp(mean=scale), "
         "or scale * LogNormal(0, 1)",
     )
@@ -88,10 +92,10 @@ class NetworkConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     latency: LatencyConfig = LatencyConfig()
-    bandwidth: float | None = Field(
-        1e8, gt=0, description="uplink bandwidth in bits/s; null for unlimited"
+    bandwidth: Real | None = Field(
+        1e8, ge=1, description="uplink bandwidth in bits/s; null for unlimited"
     )
-    loss: float = Field(0.0, ge=0, lt=1, description="probability that a frame is lost")
+    loss: Real = Field(0.0, ge=0, lt=1, description="probability that a frame is lost")
 
 
 class CostModel:

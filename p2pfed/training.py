@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
+from p2pfed.fields import Real
 from p2pfed.models import get_flat, set_flat
 
 
@@ -27,10 +28,10 @@ class TrainingConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     optimizer: Literal["sgd"] = "sgd"
-    lr: float = Field(0.05, gt=0, description="learning rate")
-    momentum: float = Field(0.0, ge=0, lt=1)
+    lr: Real = Field(0.05, gt=0, description="learning rate")
+    momentum: Real = Field(0.0, ge=0, lt=1)
     nesterov: bool = False
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: Real = Field(0.0, ge=0)
     batch_size: StrictInt = Field(32, ge=1)
     local_epochs: StrictInt = Field(1, ge=1, description="passes over the shard per round")
     local_steps: StrictInt | None = Field(
@@ -38,9 +39,15 @@ class TrainingConfig(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _nesterov_needs_momentum(self) -> TrainingConfig:
+    def _consistent(self) -> TrainingConfig:
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov needs momentum > 0")
+        if self.local_steps is not None and self.local_epochs != 1:
+            # (1 is the default, which a resolved config writes out next to local_steps)
+            raise ValueError(
+                f"local_epochs ({self.local_epochs}) is ignored when local_steps is set: "
+                "set one of them"
+            )
         return self
 
 

@@ -492,3 +492,54 @@ def test_data_path_resolves_next_to_the_config(tmp_path: Path, monkeypatch: Any)
     monkeypatch.chdir(tmp_path)
     cfg = load_config(cfg_path)
     assert cfg.data.path == str((tmp_path / "exp" / "mine.npz").resolve())
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "training.lr=true",
+        "protocol.timeout=true",
+        "network.loss=false",
+        "time.seconds_per_sample=true",
+        "partition.alpha=true",
+        "time.slowdown={3: true}",
+    ],
+)
+def test_booleans_are_not_numbers(override: str) -> None:
+    with pytest.raises(ConfigError, match="boolean"):
+        load_config(None, [override])
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "network.latency.scale=1e308",
+        "network.latency.min=1e308",
+        "time.compute_jitter=1e308",
+        "time.seconds_per_sample=1e308",
+        "network.bandwidth=1e-300",
+    ],
+)
+def test_times_that_would_overflow_are_refused(override: str) -> None:
+    with pytest.raises(ConfigError, match=override.split("=")[0]):
+        load_config(None, [override])
+
+
+def test_local_epochs_with_local_steps_is_a_contradiction() -> None:
+    with pytest.raises(ConfigError, match=r"local_epochs \(3\) is ignored"):
+        load_config(None, ["training.local_epochs=3", "training.local_steps=5"])
+    assert load_config(None, ["training.local_steps=5"]).training.local_steps == 5
+
+
+def test_duplicate_keys_in_an_override_value_are_refused() -> None:
+    with pytest.raises(ConfigError, match="cannot parse value"):
+        load_config(None, ["training={lr: 1, lr: 2}"])
+
+
+def test_a_binary_config_file_is_one_clean_error(tmp_path: Path) -> None:
+    bad = tmp_path / "b.yaml"
+    bad.write_bytes(b"\xff\xfe\xfd")
+    with pytest.raises(ConfigError, match=r"b\.yaml: cannot read file"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config(tmp_path)

@@ -27,6 +27,8 @@ from pydantic import (
     model_validator,
 )
 
+from p2pfed.fields import Real
+
 # make_classification places each class's clusters on the vertices of a hypercube in the
 # informative subspace, so it needs classes * clusters <= 2 ** informative.
 SYNTHETIC_CLUSTERS_PER_CLASS = 2
@@ -81,7 +83,7 @@ class DataConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     dataset: Literal["digits", "mnist", "synthetic", "npz"] = "digits"
-    test_fraction: float = Field(
+    test_fraction: Real = Field(
         0.2, gt=0.0, lt=1.0, allow_inf_nan=False, description="share of samples held out"
     )
     path: str | None = Field(None, description="the .npz file; required for dataset npz")
@@ -93,7 +95,7 @@ class DataConfig(BaseModel):
     informative: StrictInt | None = Field(
         None, ge=1, description="synthetic: informative features; default features // 2"
     )
-    class_sep: float = Field(
+    class_sep: Real = Field(
         1.0, gt=0.0, allow_inf_nan=False, description="synthetic: hypercube size"
     )
 
@@ -149,11 +151,11 @@ class PartitionConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     scheme: Literal["iid", "dirichlet", "shards", "quantity_skew"] = "dirichlet"
-    alpha: float = Field(
+    alpha: Real = Field(
         0.5, gt=0.0, allow_inf_nan=False, description="dirichlet: label concentration"
     )
     classes_per_peer: StrictInt = Field(2, ge=1, description="shards: distinct classes per peer")
-    beta: float = Field(
+    beta: Real = Field(
         1.0, gt=0.0, allow_inf_nan=False, description="quantity_skew: size concentration"
     )
     min_samples: StrictInt = Field(8, ge=1, description="fewest training samples any peer may hold")
