@@ -129,13 +129,17 @@ def build(config: ExperimentConfig) -> Built:
             dataset.y_train, n, config.partition, np.random.default_rng(streams["partition"])
         )
     with _section("model"):
-        template = build_model(
-            config.model,
-            dataset.num_features,
-            dataset.num_classes,
-            dataset.image_shape,
-            _int_seed(streams["model"]),
-        )
+        try:
+            template = build_model(
+                config.model,
+                dataset.num_features,
+                dataset.num_classes,
+                dataset.image_shape,
+                _int_seed(streams["model"]),
+            )
+        except (RuntimeError, MemoryError) as exc:  # e.g. torch cannot allocate the weights
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise ModelError(f"cannot build the model: {reason}") from None
     params0 = get_flat(template)
     cost = CostModel(config.time, n, streams["cost"])
     network = NetworkModel(config.network, n, streams["network"])

@@ -264,3 +264,9 @@ def test_impossible_experiments_name_their_section(
 def test_an_absurd_evaluation_interval_is_refused(tmp_path: Path) -> None:
     with pytest.raises(p2pfed.ConfigError, match=r"eval.interval: .* would evaluate about"):
         p2pfed.run(small_config(eval={"interval": 1e-7}), out=tmp_path)
+
+
+def test_a_model_too_large_to_allocate_is_a_config_error(tmp_path: Path) -> None:
+    cfg = small_config(model={"kind": "mlp", "hidden": [200_000, 200_000]})  # 160 GB of weights
+    with pytest.raises(p2pfed.ConfigError, match="model: cannot build the model"):
+        p2pfed.run(cfg, out=tmp_path)
