@@ -24,7 +24,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/p2pfed run --out $(OUT)
+	$(BIN)/p2pfed run --out $(OUT) --overwrite
 
 test: $(STAMP)
 	$(BIN)/ruff check p2pfed tests scripts

@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--out", help="run directory (default: output.dir or runs/NAME-TIME)")
     run.add_argument("--progress", choices=["auto", "bar", "plain", "off"], help="progress display")
+    run.add_argument(
+        "--overwrite", action="store_true", help="replace a run already in the run directory"
+    )
 
     topo = sub.add_parser("topology", help="inspect topology files")
     topo_sub = topo.add_subparsers(dest="topology_command", required=True)
@@ -77,7 +80,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from p2pfed.experiment import run
 
-    result = run(args.config, out=args.out, overrides=args.overrides, progress=args.progress)
+    result = run(
+        args.config,
+        out=args.out,
+        overrides=args.overrides,
+        progress=args.progress,
+        overwrite=args.overwrite,
+    )
     s = result.summary
     final = s["final"]
     print(f"run directory : {result.run_dir}")

@@ -252,11 +252,31 @@ def _round_up(x: float) -> float:
     return float(f"{math.ceil(x / scale) * scale:.3g}")  # no binary noise in configs
 
 
-def _run_dir(config: ExperimentConfig, out: str | Path | None) -> Path:
-    if out is not None:
-        return Path(out)
-    if config.output.dir is not None:
-        return Path(config.output.dir)
+#: what a run writes into its directory (and what --overwrite removes first)
+RUN_FILES = (
+    "config.yaml",
+    "events.jsonl",
+    "metrics.jsonl",
+    "edges.csv",
+    "label_histograms.json",
+    "summary.json",
+)
+
+
+def _run_dir(config: ExperimentConfig, out: str | Path | None, overwrite: bool) -> Path:
+    chosen = out if out is not None else config.output.dir
+    if chosen is not None:
+        path = Path(chosen)
+        if path.is_dir() and any((path / f).exists() for f in RUN_FILES):
+            if not overwrite:
+                raise ConfigError(
+                    f"{path} already holds a run; choose another directory or pass --overwrite",
+                    source="--out" if out is not None else None,
+                    key=None if out is not None else "output.dir",
+                )
+            for f in RUN_FILES:
+                (path / f).unlink(missing_ok=True)
+        return path
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     base = Path("runs") / f"{config.name}-{stamp}"
     path, k = base, 1
@@ -273,11 +293,13 @@ def run(
     overrides: Sequence[str] = (),
     taps: Sequence[Tap] = (),
     progress: str | None = None,
+    overwrite: bool = False,
 ) -> Result:
     """Run one experiment and return its :class:`Result`.
 
     ``config`` is a config object, a YAML path, a raw mapping, or ``None`` for the embedded
     default. ``taps`` see every frame that enters the wire (adversaries and tests use them).
+    A run directory that already holds a run is refused unless ``overwrite`` is set.
     """
     if isinstance(config, ExperimentConfig):
         if overrides:
@@ -296,7 +318,7 @@ def run(
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.runtime.torch_threads)
     try:
-        return _run(cfg, source, out, taps, progress, wall0)
+        return _run(cfg, source, out, taps, progress, wall0, overwrite)
     finally:
         torch.set_num_threads(threads)
 
@@ -308,6 +330,7 @@ def _run(
     taps: Sequence[Tap],
     progress: str | None,
     wall0: float,
+    overwrite: bool,
 ) -> Result:
     try:
         built = build(cfg)
@@ -319,7 +342,12 @@ def _run(
         # Raised before anything ran: the config asked for something impossible.
         raise ConfigError(str(exc), source=source) from None
     cfg = built.config
-    run_dir = _run_dir(cfg, out)
+    try:
+        run_dir = _run_dir(cfg, out, overwrite)
+    except ConfigError as exc:
+        if exc.source is not None:
+            raise
+        raise ConfigError(exc.message, source=source, key=exc.key) from None
     run_id = run_dir.name
     recorder = RunRecorder(run_dir, run_id, cfg.output.log_level)
     recorder.write_config(cfg.to_yaml(), header=f"# resolved config of run {run_id}\n")

@@ -264,3 +264,15 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert info.value.code == 0
     assert out.strip() == f"p2pfed {__version__}"
     assert re.fullmatch(r"\d+\.\d+\.\d+.*", __version__)
+
+
+def test_cli_refuses_to_overwrite_a_run_without_the_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["run", "--set", "protocol.rounds=1", "--out", str(tmp_path), "--progress", "off"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--overwrite" in err[0] and str(tmp_path) in err[0]
+    assert main([*argv, "--overwrite"]) == 0

@@ -270,3 +270,16 @@ def test_a_model_too_large_to_allocate_is_a_config_error(tmp_path: Path) -> None
     cfg = small_config(model={"kind": "mlp", "hidden": [200_000, 200_000]})  # 160 GB of weights
     with pytest.raises(p2pfed.ConfigError, match="model: cannot build the model"):
         p2pfed.run(cfg, out=tmp_path)
+
+
+def test_a_finished_run_is_not_overwritten_by_accident(tmp_path: Path) -> None:
+    first = p2pfed.run(small_config(), out=tmp_path)
+    before = (tmp_path / "metrics.jsonl").read_text()
+    with pytest.raises(p2pfed.ConfigError, match=r"already holds a run.*--overwrite"):
+        p2pfed.run({**small_config(), "seed": 9}, out=tmp_path)
+    assert (tmp_path / "metrics.jsonl").read_text() == before
+    (tmp_path / "notes.txt").write_text("mine")
+    again = p2pfed.run({**small_config(), "seed": 9}, out=tmp_path, overwrite=True)
+    assert (tmp_path / "metrics.jsonl").read_text() != before
+    assert again.summary["run_id"] == first.summary["run_id"] == tmp_path.name
+    assert (tmp_path / "notes.txt").read_text() == "mine"  # only run files are replaced
