@@ -6,6 +6,7 @@ import sys
 from types import TracebackType
 from typing import IO, Literal
 
+from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 ProgressMode = Literal["auto", "bar", "plain", "off"]
@@ -33,17 +34,19 @@ class ProgressReporter:
                 TextColumn("{task.completed}/{task.total} rounds"),
                 TextColumn("t={task.fields[t]:.1f}s virtual"),
                 TimeElapsedColumn(),
+                console=Console(file=self.stream),  # stderr: stdout is for results
                 transient=False,
             )
             self._bar.start()
-            self._task = self._bar.add_task(self.label, total=1, t=0.0)
         return self
 
     def update(self, t: float, completed: int, total: int) -> None:
         if completed == self._last_completed:
             return
         self._last_completed = completed
-        if self._bar is not None and self._task is not None:
+        if self._bar is not None:
+            if self._task is None:  # created on the first report, when the total is known
+                self._task = self._bar.add_task(self.label, total=total, t=t)
             self._bar.update(self._task, completed=completed, total=total, t=t)  # type: ignore[arg-type]
         elif self.mode == "plain" and total > 0:
             decile = (10 * completed) // total

@@ -283,3 +283,10 @@ def test_a_finished_run_is_not_overwritten_by_accident(tmp_path: Path) -> None:
     assert (tmp_path / "metrics.jsonl").read_text() != before
     assert again.summary["run_id"] == first.summary["run_id"] == tmp_path.name
     assert (tmp_path / "notes.txt").read_text() == "mine"  # only run files are replaced
+
+
+def test_progress_bar_mode_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    res = p2pfed.run(small_config(), out=tmp_path, progress="bar")
+    assert res.summary["status"] == "completed"
+    err = capsys.readouterr().err
+    assert "24/24 rounds" in err and "0/1 rounds" not in err

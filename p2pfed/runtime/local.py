@@ -114,6 +114,7 @@ class LocalRuntime:
 
     def run(self) -> RunOutcome:
         total = sum(p.protocol.rounds for p in self.peers)
+        self.observer.progress(0.0, 0, total)
         self._evaluate(0.0)
         self._push(self.eval_interval, _EVAL, -1, None)
         for peer in self.peers:
