@@ -338,9 +338,6 @@ def _run(
         if exc.source is not None:
             raise
         raise ConfigError(exc.message, source=source, key=exc.key) from None
-    except (TopologyError, DataError, ModelError, ProtocolError) as exc:
-        # Raised before anything ran: the config asked for something impossible.
-        raise ConfigError(str(exc), source=source) from None
     cfg = built.config
     try:
         run_dir = _run_dir(cfg, out, overwrite)
