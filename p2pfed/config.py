@@ -96,11 +96,12 @@ class OutputConfig(BaseModel):
 
 
 class RuntimeConfig(BaseModel):
-    """Where and how peers execute."""
+    """Where and how peers execute: all in this process (``local``) or spread over Ray
+    ``PeerHost`` actors on this machine or a cluster (``ray``)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    kind: Literal["local"] = "local"
+    kind: Literal["local", "ray"] = "local"
     device: Literal["cpu", "cuda", "auto"] = Field(
         "cpu", description="where peers train and evaluate; auto picks cuda when available"
     )
@@ -111,6 +112,62 @@ class RuntimeConfig(BaseModel):
         "peers per process (measured: a 16-peer ring ran 6x slower with 2 threads on a "
         "loaded 2-core machine)",
     )
+    address: str | None = Field(
+        None,
+        min_length=1,
+        description="ray only: null starts a private Ray instance on this machine; 'auto' "
+        "joins the cluster this machine belongs to; HOST:PORT joins that cluster's head",
+    )
+    hosts: StrictInt | None = Field(
+        None,
+        ge=1,
+        description="ray only: PeerHost actors; null: from peers_per_host, else "
+        "one per CPU (or per GPU share) of the cluster, at most one per peer",
+    )
+    peers_per_host: StrictInt | None = Field(
+        None, ge=1, description="ray only: peers each PeerHost carries (sets hosts)"
+    )
+    cpus_per_host: Real = Field(1.0, gt=0, description="ray only: CPUs reserved per PeerHost")
+    gpus_per_host: Real = Field(
+        0.0,
+        ge=0,
+        description="ray only: GPUs reserved per PeerHost (fractional shares a GPU); > 0 "
+        "trains that host's peers on cuda",
+    )
+    on_host_failure: Literal["continue", "stop"] | None = Field(
+        None,
+        description="ray only: when a PeerHost dies, continue without its peers or stop with "
+        "an error; null: stop for protocols with a coordinator, continue otherwise",
+    )
+    start_timeout: Real = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="ray only: seconds to wait for the cluster to place and start the hosts",
+    )
+
+    @model_validator(mode="after")
+    def _ray_keys_need_ray(self) -> RuntimeConfig:
+        if self.kind == "local":
+            defaults = RuntimeConfig.model_fields
+            for key in (
+                "address",
+                "hosts",
+                "peers_per_host",
+                "cpus_per_host",
+                "gpus_per_host",
+                "on_host_failure",
+                "start_timeout",
+            ):
+                if getattr(self, key) != defaults[key].default:
+                    raise ValueError(f"{key} needs kind: ray")
+        if self.hosts is not None and self.peers_per_host is not None:
+            raise ValueError("set hosts or peers_per_host, not both")
+        if self.gpus_per_host > 0 and self.device == "cpu":
+            raise ValueError("gpus_per_host > 0 trains on GPUs: set device: cuda (or auto)")
+        if self.gpus_per_host > 1 and self.gpus_per_host != int(self.gpus_per_host):
+            raise ValueError("gpus_per_host above 1 must be a whole number")
+        return self
 
 
 class ExperimentConfig(BaseModel):
@@ -136,6 +193,8 @@ class ExperimentConfig(BaseModel):
     def _cross_section(self) -> ExperimentConfig:
         if self.model.kind == "cnn" and self.data.dataset == "synthetic":
             raise ValueError("model.kind cnn needs image data; data.dataset synthetic is tabular")
+        if self.time.mode == "wall" and self.runtime.kind != "ray":
+            raise ValueError("time.mode wall runs on Ray actors: set runtime.kind: ray")
         n = self.topology.n
         for peer in self.time.slowdown:
             if peer >= n:

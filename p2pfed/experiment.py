@@ -18,6 +18,7 @@ import copy
 import datetime as _dt
 import math
 import time
+import typing
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,16 +36,16 @@ from p2pfed.config import (
 )
 from p2pfed.data import Dataset, label_histograms, load_dataset, partition
 from p2pfed.errors import ConfigError, DataError, ModelError, ProtocolError, TopologyError
-from p2pfed.models import build_model, get_flat, num_parameters
+from p2pfed.models import build_model, get_flat
 from p2pfed.progress import ProgressReporter
 from p2pfed.protocol import PROTOCOLS, Codec, build_protocol
 from p2pfed.protocol.core import Protocol
 from p2pfed.results import RunRecorder, final_accuracy, finite, read_metrics
-from p2pfed.runtime.base import PeerSlot, Tap
+from p2pfed.runtime.base import PeerReport, PeerSlot, RunObserver, Tap
 from p2pfed.runtime.local import LocalRuntime, RunOutcome
 from p2pfed.timing import CostModel, NetworkModel
 from p2pfed.topology import TopologySchedule, build_schedule
-from p2pfed.training import Evaluator, LocalTrainer
+from p2pfed.training import Evaluator, LocalTrainer, samples_per_round
 
 # Append new concerns at the end: SeedSequence children keep their streams when more follow.
 _STREAMS = ("topology", "data", "partition", "model", "network", "cost", "peers", "eval")
@@ -71,23 +72,88 @@ class Result:
 
 
 @dataclass
-class Built:
-    """Everything a runtime needs, built from one config and one seed."""
+class World:
+    """The parts of an experiment every host shares (read-only during a run): the resolved
+    config, topology, data and shards, the initial model, and the fresh time models.
+
+    A host builds only its own peers from it with :func:`build_peers`, so peer state is
+    created where it lives; everything here derives from the run seed, so every host that
+    rebuilds a part gets the same bits.
+    """
 
     config: ExperimentConfig  # resolved: automatic choices filled in
     schedule: TopologySchedule
     dataset: Dataset
     shards: list[np.ndarray]
-    peers: list[PeerSlot]
-    codec: Codec
+    template: torch.nn.Module  # the initial model every peer starts from
+    params0: np.ndarray  # (P,) float32, its flat parameters
     network: NetworkModel
     cost: CostModel
+    codec: Codec
+
+    @property
+    def num_peers(self) -> int:
+        return self.config.num_peers
+
+    @property
+    def participants(self) -> int:
+        """Peers plus the coordinator, when the protocol has one (its id is ``num_peers``)."""
+        return self.num_peers
+
+    @property
+    def num_params(self) -> int:
+        return int(self.params0.size)
+
+
+@dataclass
+class Built:
+    """Everything an in-process runtime needs, built from one config and one seed."""
+
+    world: World
+    peers: list[PeerSlot]
     evaluator: Evaluator
-    num_params: int
+
+    @property
+    def config(self) -> ExperimentConfig:
+        return self.world.config
+
+    @property
+    def schedule(self) -> TopologySchedule:
+        return self.world.schedule
+
+    @property
+    def dataset(self) -> Dataset:
+        return self.world.dataset
+
+    @property
+    def shards(self) -> list[np.ndarray]:
+        return self.world.shards
+
+    @property
+    def codec(self) -> Codec:
+        return self.world.codec
+
+    @property
+    def network(self) -> NetworkModel:
+        return self.world.network
+
+    @property
+    def cost(self) -> CostModel:
+        return self.world.cost
+
+    @property
+    def num_params(self) -> int:
+        return self.world.num_params
 
 
 def _int_seed(ss: np.random.SeedSequence) -> int:
     return int(ss.generate_state(1, dtype=np.uint32)[0])
+
+
+def _streams(seed: int) -> dict[str, np.random.SeedSequence]:
+    """Fresh seed sequences, one per concern (fresh: ``spawn`` advances a sequence)."""
+    children = np.random.SeedSequence(seed).spawn(len(_STREAMS))
+    return dict(zip(_STREAMS, children, strict=True))
 
 
 def resolve_device(requested: str) -> str:
@@ -114,12 +180,10 @@ def _section(key: str) -> Iterator[None]:
         raise ConfigError(str(exc), key=key) from None
 
 
-def build(config: ExperimentConfig) -> Built:
-    """Build every part of an experiment (no I/O, no run)."""
+def build_world(config: ExperimentConfig) -> World:
+    """Build the shared parts of an experiment and resolve its automatic choices."""
     n = config.num_peers
-    device = resolve_device(config.runtime.device)
-    children = np.random.SeedSequence(config.seed).spawn(len(_STREAMS))
-    streams = dict(zip(_STREAMS, children, strict=True))
+    streams = _streams(config.seed)
     with _section("topology"):
         schedule = build_schedule(config.topology, seed=_int_seed(streams["topology"]))
     with _section("data"):
@@ -143,76 +207,85 @@ def build(config: ExperimentConfig) -> Built:
     params0 = get_flat(template)
     cost = CostModel(config.time, n, streams["cost"])
     network = NetworkModel(config.network, n, streams["network"])
-
-    # one (training, protocol) pair of streams per peer
-    peer_seeds = [ss.spawn(2) for ss in streams["peers"].spawn(n)]
-    trainers = [
-        LocalTrainer(
-            copy.deepcopy(template),  # every peer starts from the same initial model
-            dataset.x_train[shards[i]],
-            dataset.y_train[shards[i]],
-            config.training,
-            np.random.default_rng(peer_seeds[i][0]),
-            device=device,
+    tcfg = config.training
+    if any(len(s) == 0 for s in shards):
+        empty = [i for i, s in enumerate(shards) if len(s) == 0]
+        raise ConfigError(
+            f"peers {empty[:10]} got no training samples; use fewer peers or another scheme",
+            key="partition",
         )
-        for i in range(n)
-    ]
+    samples = [samples_per_round(len(s), tcfg) for s in shards]
+    config = _resolve_automatic(config, schedule, samples, cost, network, params0.size)
+    codec = Codec(PROTOCOLS[config.protocol.kind].messages, vector_size=params0.size)
+    return World(config, schedule, dataset, shards, template, params0, network, cost, codec)
 
-    config = _resolve_automatic(config, schedule, trainers, cost, network, params0.size)
+
+def build_peers(world: World, ids: Sequence[int], device: str) -> list[PeerSlot]:
+    """Build the peers ``ids`` (trainer on ``device``, protocol, initial state)."""
+    config, n = world.config, world.num_peers
+    # one (training, protocol) pair of streams per peer
+    per_peer = _streams(config.seed)["peers"].spawn(n)
     pcfg, tcfg = config.protocol, config.training
+    dataset = world.dataset
     peers = []
-    with _section("protocol"):
-        for i in range(n):
+    for i in ids:
+        train_seed, protocol_seed = per_peer[i].spawn(2)
+        shard = world.shards[i]
+        with _section("data"):
+            trainer = LocalTrainer(
+                copy.deepcopy(world.template),  # every peer starts from the same initial model
+                dataset.x_train[shard],
+                dataset.y_train[shard],
+                tcfg,
+                np.random.default_rng(train_seed),
+                device=device,
+            )
+        with _section("protocol"):
             protocol: Protocol[Any] = build_protocol(
                 pcfg.kind,
                 i,
-                schedule,
+                world.schedule,
                 rounds=pcfg.rounds,
-                seed=_int_seed(peer_seeds[i][1]),
+                seed=_int_seed(protocol_seed),
                 epochs=tcfg.local_epochs,
                 steps=tcfg.local_steps,
                 timeout=pcfg.timeout,
             )
-            peers.append(PeerSlot(i, protocol, protocol.initial_state(params0), trainers[i]))
+        peers.append(PeerSlot(i, protocol, protocol.initial_state(world.params0), trainer))
+    return peers
 
-    codec = Codec(PROTOCOLS[pcfg.kind].messages, vector_size=params0.size)
+
+def build_evaluator(world: World, device: str) -> Evaluator:
+    """The evaluator on the (capped, seeded) test set."""
+    dataset = world.dataset
     x_test, y_test = dataset.x_test, dataset.y_test
-    cap = config.eval.max_test_samples
+    cap = world.config.eval.max_test_samples
     if cap is not None and len(y_test) > cap:
-        keep = np.sort(
-            np.random.default_rng(streams["eval"]).choice(len(y_test), cap, replace=False)
-        )
+        rng = np.random.default_rng(_streams(world.config.seed)["eval"])
+        keep = np.sort(rng.choice(len(y_test), cap, replace=False))
         x_test, y_test = x_test[keep], y_test[keep]
-    evaluator = Evaluator(template, x_test, y_test, device=device)
-    return Built(
-        config,
-        schedule,
-        dataset,
-        shards,
-        peers,
-        codec,
-        network,
-        cost,
-        evaluator,
-        num_parameters(template),
-    )
+    return Evaluator(copy.deepcopy(world.template), x_test, y_test, device=device)
+
+
+def build(config: ExperimentConfig) -> Built:
+    """Build every part of an experiment for one process (no I/O, no run)."""
+    device = resolve_device(config.runtime.device)
+    world = build_world(config)
+    peers = build_peers(world, range(world.participants), device)
+    return Built(world, peers, build_evaluator(world, device))
 
 
 def _resolve_automatic(
     config: ExperimentConfig,
     schedule: TopologySchedule,
-    trainers: Sequence[LocalTrainer],
+    samples: Sequence[int],
     cost: CostModel,
     network: NetworkModel,
     num_params: int,
 ) -> ExperimentConfig:
     """Fill in the choices left to p2pfed (timeout, evaluation interval), so the resolved
     config records the values actually used."""
-    tcfg = config.training
-    per_round = [
-        cost.expected_train_time(i, t.samples_per_round(tcfg.local_epochs, tcfg.local_steps))
-        for i, t in enumerate(trainers)
-    ]
+    per_round = [cost.expected_train_time(i, s) for i, s in enumerate(samples)]
     frame = 4 * num_params + _FRAME_OVERHEAD
     delay = network.expected_delay(frame)
     # A peer's frames leave one after another on its uplink: the last of d frames (or of d
@@ -333,15 +406,17 @@ def _run(
     overwrite: bool,
 ) -> Result:
     try:
-        built = build(cfg)
+        world = build_world(cfg)
+        runtime = _make_runtime(world, taps)
     except ConfigError as exc:
         if exc.source is not None:
             raise
         raise ConfigError(exc.message, source=source, key=exc.key) from None
-    cfg = built.config
+    cfg = world.config
     try:
         run_dir = _run_dir(cfg, out, overwrite)
     except ConfigError as exc:
+        runtime.close()
         if exc.source is not None:
             raise
         raise ConfigError(exc.message, source=source, key=exc.key) from None
@@ -349,75 +424,131 @@ def _run(
     recorder = RunRecorder(run_dir, run_id, cfg.output.log_level)
     recorder.write_config(cfg.to_yaml(), header=f"# resolved config of run {run_id}\n")
     recorder.write_label_histograms(
-        label_histograms(built.dataset.y_train, built.shards, built.dataset.num_classes)
+        label_histograms(world.dataset.y_train, world.shards, world.dataset.num_classes)
     )
     recorder.log.info(
         "run_started",
         t=0.0,
         peers=cfg.num_peers,
-        topology=built.schedule.name,
-        spectral_gap=round(float(built.schedule.spectral_gap), 6),
+        topology=world.schedule.name,
+        spectral_gap=round(float(world.schedule.spectral_gap), 6),
         protocol=cfg.protocol.kind,
-        params=built.num_params,
+        params=world.num_params,
         seed=cfg.seed,
-    )
-    runtime = LocalRuntime(
-        built.peers,
-        built.codec,
-        built.network,
-        built.cost,
-        built.evaluator,
-        eval_interval=float(cfg.eval.interval or 1.0),
-        time_limit=cfg.time.limit,
-        observer=recorder,
-        taps=taps,
+        runtime=cfg.runtime.kind,
     )
     outcome: RunOutcome | None = None
     summary: dict[str, Any] = {}
     try:
         with ProgressReporter(progress or cfg.output.progress, cfg.name) as bar:  # type: ignore[arg-type]
             recorder.progress_hook = bar.update
-            outcome = runtime.run()
+            outcome = runtime.run(recorder)
     except BaseException as exc:
-        summary = _summary(cfg, built, recorder, None, time.perf_counter() - wall0)
+        summary = _summary(world, runtime, recorder, None, time.perf_counter() - wall0)
         summary["status"] = "failed"
         summary["error"] = f"{type(exc).__name__}: {exc}"
         recorder.log.error("run_failed", t=runtime.now, error=summary["error"])
         raise
     else:
-        summary = _summary(cfg, built, recorder, outcome, time.perf_counter() - wall0)
+        summary = _summary(world, runtime, recorder, outcome, time.perf_counter() - wall0)
         recorder.log.info("run_finished", t=outcome.virtual_time, **finite(summary["final"]))
     finally:
         try:
-            recorder.write_edges()
-            recorder.write_summary(summary)
+            runtime.close()
         finally:
-            recorder.close()
+            try:
+                recorder.write_edges()
+                recorder.write_summary(summary)
+            finally:
+                recorder.close()
     return Result(run_dir=run_dir, config=cfg, summary=summary)
 
 
+class _Runtime(typing.Protocol):
+    """What :func:`run` needs from a runtime."""
+
+    @property
+    def now(self) -> float: ...
+
+    def run(self, observer: RunObserver) -> RunOutcome: ...
+
+    def peer_reports(self) -> list[PeerReport]: ...
+
+    def close(self) -> None: ...
+
+
+class _InProcess:
+    """The local runtime, built in this process."""
+
+    def __init__(self, world: World, taps: Sequence[Tap]):
+        device = resolve_device(world.config.runtime.device)
+        self.world = world
+        self.taps = taps
+        self.peers = build_peers(world, range(world.participants), device)
+        self.evaluator = build_evaluator(world, device)
+        self.runtime: LocalRuntime | None = None
+
+    @property
+    def now(self) -> float:
+        return self.runtime.now if self.runtime is not None else 0.0
+
+    def run(self, observer: RunObserver) -> RunOutcome:
+        cfg, w = self.world.config, self.world
+        self.runtime = LocalRuntime(
+            self.peers,
+            w.codec,
+            w.network,
+            w.cost,
+            self.evaluator,
+            eval_interval=float(cfg.eval.interval or 1.0),
+            time_limit=cfg.time.limit,
+            observer=observer,
+            taps=self.taps,
+            evaluated=w.num_peers,
+        )
+        return self.runtime.run()
+
+    def peer_reports(self) -> list[PeerReport]:
+        return [PeerReport.of(p) for p in self.peers]
+
+    def close(self) -> None:
+        pass
+
+
+def _make_runtime(world: World, taps: Sequence[Tap]) -> _Runtime:
+    if world.config.runtime.kind == "ray":
+        from p2pfed.runtime.ray_runtime import RayRuntime  # ray is imported only when asked for
+
+        return RayRuntime(world, taps=taps)
+    return _InProcess(world, taps)
+
+
 def _summary(
-    cfg: ExperimentConfig,
-    built: Built,
+    world: World,
+    runtime: _Runtime,
     recorder: RunRecorder,
     outcome: RunOutcome | None,
     wall: float,
 ) -> dict[str, Any]:
+    cfg = world.config
     rows = outcome.final if outcome is not None else recorder.last_rows
+    reports = runtime.peer_reports()
     counters: dict[str, int] = {}
-    for p in built.peers:
+    for p in reports:
         for k, v in p.counters.items():
             counters[k] = counters.get(k, 0) + v
+    peers = [p for p in reports if p.id < world.num_peers]
     return {
         "run_id": recorder.run_id,
         "status": outcome.status if outcome is not None else "failed",
         "peers": cfg.num_peers,
         "protocol": cfg.protocol.kind,
-        "topology": built.schedule.name,
-        "spectral_gap": float(built.schedule.spectral_gap),
-        "params": built.num_params,
+        "runtime": cfg.runtime.kind,
+        "topology": world.schedule.name,
+        "spectral_gap": float(world.schedule.spectral_gap),
+        "params": world.num_params,
         "final": final_accuracy(rows) if rows else {},
-        "rounds_completed": [p.protocol.progress(p.state) for p in built.peers],
+        "rounds_completed": [p.rounds for p in peers],
         "virtual_time": outcome.virtual_time if outcome is not None else None,
         "wall_time_s": round(wall, 3),
         "events": outcome.events if outcome is not None else None,
@@ -425,16 +556,17 @@ def _summary(
         "bytes": recorder.byte_totals(),
         "frames_rejected": recorder.rejected,
         "protocol_events": counters,
-        "diverged_peers": [p.id for p in built.peers if p.diverged],
-        "warnings": _warnings(built, counters),
+        "diverged_peers": [p.id for p in peers if p.diverged],
+        "warnings": _warnings(cfg, reports, counters),
     }
 
 
-def _warnings(built: Built, counters: dict[str, int]) -> list[str]:
+def _warnings(
+    cfg: ExperimentConfig, reports: Sequence[PeerReport], counters: dict[str, int]
+) -> list[str]:
     """Things a reader of the summary should not miss."""
     out = []
-    rounds = sum(p.protocol.progress(p.state) for p in built.peers) or 1
-    cfg = built.config
+    rounds = sum(p.rounds for p in reports) or 1
     for name in ("neighbours_skipped", "gossip_timed_out"):
         share = counters.get(name, 0) / rounds
         if share > 0.05:
@@ -442,7 +574,7 @@ def _warnings(built: Built, counters: dict[str, int]) -> list[str]:
                 f"{name} in {100 * share:.0f}% of rounds: protocol.timeout "
                 f"({cfg.protocol.timeout}s) may be too short for this network"
             )
-    diverged = [p.id for p in built.peers if p.diverged]
+    diverged = [p.id for p in reports if p.diverged]
     if diverged:
         out.append(f"training diverged (non-finite loss) at peers {diverged[:10]}: lower lr")
     return out

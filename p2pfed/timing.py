@@ -46,7 +46,11 @@ class TimeConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    mode: Literal["virtual"] = "virtual"
+    mode: Literal["virtual", "wall"] = Field(
+        "virtual",
+        description="virtual: a reproducible discrete-event simulation; wall: every peer "
+        "runs on its own clock and messages land when they land (runtime.kind ray)",
+    )
     seconds_per_sample: Real = Field(1e-3, gt=0, le=3600)
     stragglers: StragglerConfig = StragglerConfig()
     slowdown: dict[int, Real] = Field(

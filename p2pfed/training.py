@@ -51,6 +51,13 @@ class TrainingConfig(BaseModel):
         return self
 
 
+def samples_per_round(num_samples: int, cfg: TrainingConfig) -> int:
+    """Samples one round of local training processes (what the cost model charges)."""
+    if cfg.local_steps is None:
+        return cfg.local_epochs * num_samples
+    return cfg.local_steps * cfg.batch_size
+
+
 @dataclass(frozen=True)
 class TrainResult:
     """The outcome of one local training call."""

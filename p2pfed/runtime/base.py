@@ -22,18 +22,40 @@ Tap = Callable[[float, int, int, bytes], None]
 
 @dataclass
 class PeerSlot:
-    """One logical peer inside a runtime: its protocol, state and private trainer."""
+    """One logical peer inside a runtime: its protocol, state and private trainer (``None``
+    for a participant without data, such as a coordinator)."""
 
     id: int
     protocol: PeerProtocol[Any]
     state: Any
-    trainer: LocalTrainer
+    trainer: LocalTrainer | None
     done: bool = False
     training: bool = False
     last_loss: float = math.nan
     samples_trained: int = 0
     diverged: bool = False  # a training run returned a non-finite loss
     counters: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PeerReport:
+    """What a run summary says about one participant at the end of a run."""
+
+    id: int
+    rounds: int
+    counters: dict[str, int]
+    diverged: bool
+    done: bool
+
+    @classmethod
+    def of(cls, slot: PeerSlot) -> PeerReport:
+        return cls(
+            slot.id,
+            slot.protocol.progress(slot.state),
+            dict(slot.counters),
+            slot.diverged,
+            slot.done,
+        )
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,288 @@
+"""The event loop every runtime shares: a discrete-event engine for a set of local peers.
+
+A :class:`PeerEngine` owns some peers (all of them in-process; a slice of them inside a Ray
+``PeerHost``) and one heap of their pending events. It delivers events to the peers'
+protocol state machines and executes the effects they return:
+
+* ``Train`` runs the peer's real SGD now and schedules ``TrainingDone`` after the virtual
+  duration from the cost model (training is instantaneous in wall time, timed in virtual);
+* ``Send`` encodes the message into a frame, shows it to every tap, asks the network model
+  for departure, arrival and loss, and schedules the frame's arrival — on this engine's heap
+  when the receiver is local, in the outbox when it lives elsewhere; the receiver decodes the
+  *bytes* (never the sender's objects), so the wire is real;
+* ``SetTimer`` schedules ``TimerFired``; ``Emit`` goes to the event log; ``Stop`` retires
+  the peer from training. A stopped peer still receives frames (others may be mid-exchange
+  with it) but its timers and training completions are discarded.
+
+Ordering. Events are processed in ``(time, target, origin, origin_seq)`` order: ``origin``
+is the peer whose action scheduled the event (the sender of a frame, the peer itself for its
+timers and training) and ``origin_seq`` counts the events that peer has scheduled. Every
+part of that key is decided by one peer's own history, never by how peers on different
+hosts interleave, so any split of the peers over engines that advance in windows shorter
+than the minimum link latency (conservative lookahead: a frame sent in a window lands in a
+later one) processes every peer's events in exactly the order one engine would. Together
+with per-peer random streams (:mod:`p2pfed.timing`) this makes a multi-host run reproduce
+the in-process run bit for bit. (Earlier versions broke ties by global scheduling order,
+which only a single process can know; the new key changed tie order, not semantics.)
+
+Evaluation and termination are the driver's business (:mod:`p2pfed.runtime.virtual`).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from p2pfed.errors import FrameError, ProtocolError
+from p2pfed.protocol.codec import Codec
+from p2pfed.protocol.core import (
+    Effect,
+    Emit,
+    Event,
+    MessageArrived,
+    Send,
+    SetTimer,
+    Started,
+    Stop,
+    TimerFired,
+    Train,
+    TrainingDone,
+)
+from p2pfed.runtime.base import NullObserver, PeerReport, PeerSlot, RunObserver, Tap
+from p2pfed.timing import CostModel, NetworkModel
+
+_EVENT, _FRAME = 0, 1
+
+
+class OutFrame(NamedTuple):
+    """A frame on its way to a peer that lives in another engine."""
+
+    arrive: float
+    dst: int
+    src: int
+    seq: int  # the sender's event counter when it sent the frame
+    frame: bytes
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What evaluation needs from one engine's peers, in ascending peer id order."""
+
+    ids: list[int]
+    models: np.ndarray  # (k, P) float32
+    rounds: list[int]
+    train_loss: list[float | None]
+
+
+FRAME_COUNTERS = ("sent", "delivered", "lost", "rejected")
+
+
+class PeerEngine:
+    """Runs the events of the peers it owns (see the module docstring)."""
+
+    def __init__(
+        self,
+        peers: Sequence[PeerSlot],
+        num_participants: int,
+        codec: Codec,
+        network: NetworkModel,
+        cost: CostModel,
+        *,
+        observer: RunObserver | None = None,
+        taps: Sequence[Tap] = (),
+    ):
+        self.peers: dict[int, PeerSlot] = {p.id: p for p in peers}
+        if len(self.peers) != len(peers):
+            raise ValueError("peer ids must be unique")
+        if any(not 0 <= i < num_participants for i in self.peers):
+            raise ValueError(f"peer ids must lie in 0..{num_participants - 1}")
+        self.num_participants = num_participants
+        self.codec = codec
+        self.network = network
+        self.cost = cost
+        self.observer: RunObserver = observer or NullObserver()
+        self.taps = list(taps)
+        self.now = 0.0  # time of the last event delivered
+        self.events = 0  # events delivered (discarded ones not counted)
+        self.completed = 0  # local rounds completed by all local peers
+        self.done = 0  # local peers that have stopped
+        self.frames = dict.fromkeys(FRAME_COUNTERS, 0)
+        self.outbox: list[OutFrame] = []
+        self._heap: list[tuple[float, int, int, int, int, Any]] = []
+        self._seq = dict.fromkeys(self.peers, 0)
+        self._frames_queued = 0
+
+    # --- scheduling -----------------------------------------------------------------------
+
+    def _push(self, t: float, target: int, origin: int, kind: int, payload: Any) -> None:
+        seq = self._seq[origin]
+        self._seq[origin] = seq + 1
+        heapq.heappush(self._heap, (t, target, origin, seq, kind, payload))
+        if kind == _FRAME:
+            self._frames_queued += 1
+
+    def start(self) -> None:
+        """Schedule ``Started`` for every local peer at time 0."""
+        for i in sorted(self.peers):
+            self._push(0.0, i, i, _EVENT, Started())
+
+    def accept(self, frames: Iterable[OutFrame]) -> None:
+        """Queue frames that other engines sent to this engine's peers."""
+        for f in frames:
+            if f.dst not in self.peers:
+                raise ProtocolError(f"frame for peer {f.dst} reached an engine that lacks it")
+            heapq.heappush(self._heap, (f.arrive, f.dst, f.src, f.seq, _FRAME, (f.src, f.frame)))
+            self._frames_queued += 1
+
+    def take_outbox(self) -> list[OutFrame]:
+        out, self.outbox = self.outbox, []
+        return out
+
+    # --- inspection ------------------------------------------------------------------------
+
+    def next_time(self) -> float:
+        return self._heap[0][0] if self._heap else math.inf
+
+    @property
+    def pending(self) -> int:
+        """Events waiting on this engine's heap (frames included)."""
+        return len(self._heap)
+
+    @property
+    def frames_pending(self) -> int:
+        """Frames waiting on this engine's heap."""
+        return self._frames_queued
+
+    def snapshot(self, ids: Iterable[int] | None = None) -> Snapshot:
+        chosen = sorted(self.peers if ids is None else ids)
+        slots = [self.peers[i] for i in chosen]
+        models = (
+            np.stack([p.protocol.model(p.state) for p in slots])
+            if slots
+            else np.zeros((0, 0), dtype=np.float32)
+        )
+        return Snapshot(
+            ids=chosen,
+            models=models,
+            rounds=[p.protocol.progress(p.state) for p in slots],
+            train_loss=[p.last_loss if p.samples_trained else None for p in slots],
+        )
+
+    def reports(self) -> list[PeerReport]:
+        return [PeerReport.of(self.peers[i]) for i in sorted(self.peers)]
+
+    # --- the loop -------------------------------------------------------------------------
+
+    def advance(self, end: float, *, inclusive: bool = False) -> int:
+        """Process every event before ``end`` (at or before it when ``inclusive``); frames
+        for peers elsewhere collect in :attr:`outbox`. Returns the events delivered."""
+        heap = self._heap
+        before = self.events
+        while heap and (heap[0][0] < end or (inclusive and heap[0][0] == end)):
+            t, target, _, _, kind, payload = heapq.heappop(heap)
+            peer = self.peers[target]
+            if kind == _FRAME:
+                self._frames_queued -= 1
+                self.now = t
+                self.events += 1
+                self._on_frame(peer, payload)
+            elif not peer.done:
+                self.now = t
+                self.events += 1
+                self._deliver(peer, payload)
+        return self.events - before
+
+    # --- delivering events and executing effects -------------------------------------------
+
+    def _deliver(self, peer: PeerSlot, event: Event) -> None:
+        if isinstance(event, TrainingDone):
+            peer.training = False
+            peer.last_loss = event.loss
+            peer.samples_trained += event.samples
+            if not math.isfinite(event.loss) and not peer.diverged:
+                peer.diverged = True
+                self.observer.peer_event(self.now, peer.id, "training_diverged", {})
+        before = peer.protocol.progress(peer.state)
+        peer.state, effects = peer.protocol.on_event(peer.state, event)
+        self.completed += peer.protocol.progress(peer.state) - before
+        for effect in effects:
+            self._execute(peer, effect)
+
+    def _execute(self, peer: PeerSlot, effect: Effect) -> None:
+        if isinstance(effect, Send):
+            self._send(peer.id, effect)
+        elif isinstance(effect, Train):
+            if peer.trainer is None:
+                raise ProtocolError(f"peer {peer.id} has no data to train on")
+            if peer.training:
+                raise ProtocolError(f"peer {peer.id} asked to train while already training")
+            base = np.array(effect.params, dtype=np.float32)
+            result = peer.trainer.train(base, epochs=effect.epochs, steps=effect.steps)
+            peer.training = True
+            done = TrainingDone(result.params, base, result.loss, result.samples)
+            delay = self.cost.train_time(peer.id, result.samples)
+            self._push(self.now + delay, peer.id, peer.id, _EVENT, done)
+        elif isinstance(effect, SetTimer):
+            fired = TimerFired(effect.tag, effect.round)
+            self._push(self.now + effect.delay, peer.id, peer.id, _EVENT, fired)
+        elif isinstance(effect, Emit):
+            peer.counters[effect.name] = peer.counters.get(effect.name, 0) + 1
+            self.observer.peer_event(self.now, peer.id, effect.name, effect.fields)
+        elif isinstance(effect, Stop):
+            if not peer.done:
+                self.done += 1
+                peer.done = True
+                self.observer.peer_event(self.now, peer.id, "peer_finished", {})
+        else:  # pragma: no cover - the Effect union is closed
+            raise ProtocolError(f"unknown effect {effect!r}")
+
+    def _send(self, src: int, effect: Send) -> None:
+        dst = effect.to
+        if not (0 <= dst < self.num_participants) or dst == src:
+            raise ProtocolError(f"peer {src} tried to send to invalid peer {dst}")
+        frame, size = self.codec.encode(src, dst, effect.message)
+        kind = type(effect.message).__name__
+        for tap in self.taps:
+            tap(self.now, src, dst, frame)
+        tx = self.network.transmit(src, size.total, self.now)
+        self.frames["sent"] += 1
+        if tx.lost:
+            self.frames["lost"] += 1
+            self.observer.frame_lost(self.now, src, dst, kind, size)
+            return
+        self.observer.frame_sent(self.now, src, dst, kind, size)
+        if dst in self.peers:
+            self._push(tx.arrive, dst, src, _FRAME, (src, frame))
+        else:
+            seq = self._seq[src]
+            self._seq[src] = seq + 1
+            self.outbox.append(OutFrame(tx.arrive, dst, src, seq, frame))
+
+    def _on_frame(self, peer: PeerSlot, payload: tuple[int, bytes]) -> None:
+        src, frame = payload
+        try:
+            decoded = self.codec.decode(frame)
+        except FrameError as exc:
+            self.frames["rejected"] += 1
+            self.observer.frame_rejected(self.now, src, peer.id, str(exc))
+            return
+        if decoded.dst != peer.id or decoded.src != src:
+            self.frames["rejected"] += 1
+            self.observer.frame_rejected(self.now, src, peer.id, "envelope does not match the link")
+            return
+        self.frames["delivered"] += 1
+        self._deliver(peer, MessageArrived(src, decoded.message))
+
+
+def frame_totals(engines: Iterable[Mapping[str, int]]) -> dict[str, int]:
+    """Sum frame counters over engines."""
+    out = dict.fromkeys(FRAME_COUNTERS, 0)
+    for counters in engines:
+        for k in FRAME_COUNTERS:
+            out[k] += counters[k]
+    return out

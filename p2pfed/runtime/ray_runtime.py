@@ -1,0 +1,610 @@
+"""The Ray runtime: peers live in ``PeerHost`` actors on this machine or a cluster.
+
+Layout. A ``PeerHost`` is a Ray actor carrying a contiguous block of peers (one engine,
+:class:`~p2pfed.runtime.engine.PeerEngine`, the same code the in-process runtime runs). An
+actor that imports torch costs about 190 MB and 1.7 s to start here, so the default is one
+host per CPU (or per GPU share) and many peers per host. Peer state — model, optimiser,
+shard, protocol state — is built inside its host from the shared, read-only
+:class:`~p2pfed.experiment.World` (put in the object store once; numpy data is read
+zero-copy) and stays there for the whole run. A protocol with a coordinator gets its own
+small host for it, outside the CPU budget. Hosts are placed with a placement group using
+the ``SPREAD`` strategy, so on a cluster they land on as many nodes as possible.
+
+Transport. Under virtual time the driver advances all hosts in windows (see
+:mod:`p2pfed.runtime.virtual`). One ``step`` call per host per window: it takes the frames
+other hosts sent to it in the previous window and returns a small report plus one batch
+per destination host. A batch is a few numpy arrays (arrival times, ids, offsets, one
+contiguous byte buffer holding every frame), so it travels through the object store
+without pickling per frame and the driver forwards only references. Design note: the
+design asked for one ``ray.put`` per broadcast tensor; frames are per link instead, because
+a frame's envelope binds its sender and receiver and, once channels are sealed (AEAD), each
+link's ciphertext differs — batching per host pair keeps the call count at one per host per
+window either way.
+
+Failures. A host that dies is reported with the peers it carried. With
+``runtime.on_host_failure: continue`` the run goes on without them (their frames in flight
+are counted as dropped, metrics cover the survivors); with ``stop`` — the default for
+protocols with a coordinator, and always when the coordinator's host dies — the run ends
+with a :class:`~p2pfed.errors.RuntimeFailure` naming the host and its peers. Either way the
+run directory keeps the metrics written so far. Ray start-up problems (an address nobody
+answers, a cluster too small for the requested hosts, hosts that cannot be placed in
+``runtime.start_timeout``) fail fast with one message instead of hanging.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from p2pfed.errors import P2PFedError, RuntimeFailure
+from p2pfed.protocol.codec import FrameSize
+from p2pfed.runtime.base import MetricRow, PeerReport, RunObserver, Tap
+from p2pfed.runtime.engine import FRAME_COUNTERS, OutFrame, PeerEngine, Snapshot, frame_totals
+from p2pfed.runtime.virtual import Evaluation, HostsState, RunOutcome, run_virtual
+
+# --- frames in batches ------------------------------------------------------------------
+
+
+def pack_frames(frames: Sequence[OutFrame]) -> dict[str, np.ndarray]:
+    """Pack frames into a few flat arrays (one object-store object, no per-frame pickling)."""
+    sizes = np.fromiter((len(f.frame) for f in frames), dtype=np.int64, count=len(frames))
+    offsets = np.zeros(len(frames) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    return {
+        "arrive": np.fromiter((f.arrive for f in frames), dtype=np.float64, count=len(frames)),
+        "ids": np.array([(f.dst, f.src, f.seq) for f in frames], dtype=np.int64).reshape(-1, 3),
+        "offsets": offsets,
+        "data": np.frombuffer(b"".join(f.frame for f in frames), dtype=np.uint8),
+    }
+
+
+def unpack_frames(batch: dict[str, np.ndarray]) -> list[OutFrame]:
+    offsets, data, ids = batch["offsets"], batch["data"], batch["ids"]
+    return [
+        OutFrame(
+            float(batch["arrive"][k]),
+            int(ids[k, 0]),
+            int(ids[k, 1]),
+            int(ids[k, 2]),
+            data[offsets[k] : offsets[k + 1]].tobytes(),
+        )
+        for k in range(len(ids))
+    ]
+
+
+# --- what a host records for the driver ------------------------------------------------
+
+
+class BufferObserver:
+    """Records a host's observer calls (and tapped frames) for the driver to replay."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, tuple[Any, ...]]] = []
+
+    def drain(self) -> list[tuple[str, tuple[Any, ...]]]:
+        out, self.records = self.records, []
+        return out
+
+    def tap(self, t: float, src: int, dst: int, frame: bytes) -> None:
+        self.records.append(("tap", (t, src, dst, frame)))
+
+    def frame_sent(self, t: float, src: int, dst: int, kind: str, size: FrameSize) -> None:
+        self.records.append(("frame_sent", (t, src, dst, kind, size)))
+
+    def frame_lost(self, t: float, src: int, dst: int, kind: str, size: FrameSize) -> None:
+        self.records.append(("frame_lost", (t, src, dst, kind, size)))
+
+    def frame_rejected(self, t: float, src: int, dst: int, reason: str) -> None:
+        self.records.append(("frame_rejected", (t, src, dst, reason)))
+
+    def peer_event(self, t: float, peer: int, name: str, fields: dict[str, Any]) -> None:
+        self.records.append(("peer_event", (t, peer, name, fields)))
+
+    def evaluated(self, rows: list[MetricRow]) -> None:  # the driver evaluates
+        pass
+
+    def progress(self, t: float, completed: int, total: int) -> None:
+        pass
+
+
+# --- the actor ---------------------------------------------------------------------------
+
+
+class PeerHost:
+    """Hosts a block of peers in one engine (wrapped by ``ray.remote`` at run time)."""
+
+    def __init__(self, index: int):
+        self.index = index
+        self.engine: PeerEngine | None = None
+        self.owner = np.zeros(0, dtype=np.int64)
+        self.num_hosts = 0
+        self.recorder = BufferObserver()
+
+    def setup(
+        self,
+        world: Any,
+        ids: list[int],
+        owner: np.ndarray,
+        device: str,
+        torch_threads: int,
+        keep_frames: bool,
+    ) -> dict[str, Any]:
+        import torch
+
+        from p2pfed.experiment import build_peers, resolve_device
+
+        torch.set_num_threads(torch_threads)
+        device = resolve_device(device)
+        peers = build_peers(world, ids, device)
+        self.owner = np.asarray(owner)
+        self.num_hosts = int(self.owner.max()) + 1
+        self.engine = PeerEngine(
+            peers,
+            world.participants,
+            world.codec,
+            copy.deepcopy(world.network),  # object-store arrays are read-only; these change
+            copy.deepcopy(world.cost),
+            observer=self.recorder,
+            taps=[self.recorder.tap] if keep_frames else [],
+        )
+        params = [p.trainer.model for p in peers if p.trainer is not None]
+        return {
+            "host": self.index,
+            "node": ray.get_runtime_context().get_node_id(),
+            "pid": os.getpid(),
+            "device": device,
+            "param_device": str(next(params[0].parameters()).device) if params else None,
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+            "peers": len(ids),
+        }
+
+    def step(self, end: float | None, inclusive: bool, *batches: dict[str, np.ndarray]) -> Any:
+        engine = self.engine
+        assert engine is not None, "setup() first"
+        for batch in batches:
+            engine.accept(unpack_frames(batch))
+        if end is None:
+            engine.start()
+        else:
+            engine.advance(end, inclusive=inclusive)
+        by_host: list[list[OutFrame]] = [[] for _ in range(self.num_hosts)]
+        for f in engine.take_outbox():
+            by_host[int(self.owner[f.dst])].append(f)
+        report = {
+            "next_time": engine.next_time(),
+            "pending": engine.pending,
+            "frames_pending": engine.frames_pending,
+            "done": engine.done,
+            "completed": engine.completed,
+            "events": engine.events,
+            "now": engine.now,
+            "frames": dict(engine.frames),
+            "out": [(len(b), min((f.arrive for f in b), default=math.inf)) for b in by_host],
+            "records": self.recorder.drain(),
+        }
+        return (report, *(pack_frames(b) if b else None for b in by_host))
+
+    def snapshot(self) -> Snapshot:
+        assert self.engine is not None
+        return self.engine.snapshot()
+
+    def reports(self) -> list[PeerReport]:
+        assert self.engine is not None
+        return self.engine.reports()
+
+
+# --- connecting and placing -----------------------------------------------------------
+
+
+def connect(address: str | None, timeout: float = 5.0) -> bool:
+    """Join or start Ray; returns whether this call started it (and should shut it down).
+
+    ``None`` starts a private instance on this machine (never a cluster someone else runs);
+    ``auto`` joins the cluster this machine belongs to; ``HOST:PORT`` joins that head node,
+    after checking that something answers there (Ray itself retries for minutes).
+    """
+    if ray.is_initialized():
+        return False
+    quiet: dict[str, Any] = {"include_dashboard": False, "logging_level": "WARNING"}
+    if address is None:
+        ray.init(address="local", **quiet)
+        return True
+    if address != "auto":
+        host, sep, port = address.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise RuntimeFailure(f"runtime.address {address!r} must be auto or HOST:PORT")
+        try:
+            socket.create_connection((host, int(port)), timeout=timeout).close()
+        except OSError as exc:
+            raise RuntimeFailure(
+                f"cannot reach a Ray cluster at {address}: {exc.strerror or exc} (is "
+                "`ray start --head` running there, and is the port the GCS port, 6379 "
+                "by default?)"
+            ) from None
+    try:
+        ray.init(address=address, **quiet)
+    except ConnectionError as exc:
+        raise RuntimeFailure(
+            f"cannot join a Ray cluster at {address}: {exc} (start one with `ray start --head`, "
+            "or leave runtime.address unset for a private instance on this machine)"
+        ) from None
+    return True
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    """How many hosts, which peers each carries, and what each reserves."""
+
+    blocks: list[list[int]]  # peer ids per training host
+    cpus: float
+    gpus: float
+    coordinator: int | None  # the coordinator's id, carried by one extra host
+
+    @property
+    def num_hosts(self) -> int:
+        return len(self.blocks) + (self.coordinator is not None)
+
+
+def plan_hosts(
+    num_peers: int,
+    coordinator: int | None,
+    rcfg: Any,
+    resources: dict[str, float],
+) -> HostPlan:
+    """Decide the hosts from the config and the cluster's resources (see RuntimeConfig)."""
+    cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
+    c, g = float(rcfg.cpus_per_host), float(rcfg.gpus_per_host)
+    if rcfg.hosts is not None:
+        hosts = rcfg.hosts
+    elif rcfg.peers_per_host is not None:
+        hosts = math.ceil(num_peers / rcfg.peers_per_host)
+    else:
+        by_cpu = math.floor(cpus / c + 1e-9)
+        hosts = min(by_cpu, math.floor(gpus / g + 1e-9)) if g > 0 else by_cpu
+        hosts = max(1, min(hosts, num_peers))
+    if hosts > num_peers:
+        raise RuntimeFailure(f"runtime.hosts ({hosts}) exceeds the number of peers ({num_peers})")
+    if hosts * c > cpus + 1e-9:
+        raise RuntimeFailure(
+            f"{hosts} PeerHosts x {c:g} CPUs need {hosts * c:g} CPUs but the Ray cluster has "
+            f"{cpus:g}: lower runtime.hosts, runtime.cpus_per_host, or add nodes"
+        )
+    if g > 0 and hosts * g > gpus + 1e-9:
+        raise RuntimeFailure(
+            f"{hosts} PeerHosts x {g:g} GPUs need {hosts * g:g} GPUs but the Ray cluster has "
+            f"{gpus:g}: lower runtime.hosts or runtime.gpus_per_host, or use device cpu"
+        )
+    blocks = [b.tolist() for b in np.array_split(np.arange(num_peers), hosts)]
+    return HostPlan(blocks, c, g, coordinator)
+
+
+# --- the runtime ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Host:
+    index: int
+    actor: Any
+    peers: list[int]
+    info: dict[str, Any] = field(default_factory=dict)
+    alive: bool = True
+    last: dict[str, Any] = field(default_factory=dict)  # its latest step report
+    snapshot: Snapshot | None = None  # its latest snapshot (rounds of dead peers)
+
+
+class RayRuntime:
+    """Runs an experiment's peers in PeerHost actors (see the module docstring)."""
+
+    def __init__(self, world: Any, *, taps: Sequence[Tap] = ()):
+        self.world = world
+        self.config = world.config
+        self.taps = list(taps)
+        self.now = 0.0
+        self.failures: list[dict[str, Any]] = []
+        self.hosts: list[_Host] = []
+        self._pg: Any = None
+        self._started_ray = False
+        rcfg = self.config.runtime
+        try:
+            self._started_ray = connect(rcfg.address)
+            self.plan = plan_hosts(
+                world.num_peers,
+                world.num_peers if world.participants > world.num_peers else None,
+                rcfg,
+                ray.cluster_resources(),
+            )
+            self._start_hosts()
+        except BaseException:
+            self.close()
+            raise
+
+    # --- start-up ------------------------------------------------------------------------
+
+    def _start_hosts(self) -> None:
+        plan, rcfg, world = self.plan, self.config.runtime, self.world
+        bundles = [{"CPU": plan.cpus, **({"GPU": plan.gpus} if plan.gpus else {})}] * len(
+            plan.blocks
+        )
+        self._pg = placement_group(bundles, strategy="SPREAD")
+        try:
+            ray.get(self._pg.ready(), timeout=rcfg.start_timeout)
+        except GetTimeoutError:
+            raise RuntimeFailure(
+                f"the Ray cluster could not place {len(bundles)} PeerHosts "
+                f"({bundles[0]} each) within {rcfg.start_timeout:g}s "
+                f"(cluster has {ray.cluster_resources()})"
+            ) from None
+        owner = np.zeros(world.participants, dtype=np.int64)
+        blocks = list(plan.blocks)
+        if plan.coordinator is not None:
+            blocks.append([plan.coordinator])
+        for h, ids in enumerate(blocks):
+            owner[ids] = h
+        remote_host: Any = ray.remote(PeerHost)
+        device = "cuda" if plan.gpus > 0 else rcfg.device
+        world_ref = ray.put(world)
+        setups = []
+        for h, ids in enumerate(blocks):
+            if h < len(plan.blocks):
+                strategy = PlacementGroupSchedulingStrategy(
+                    self._pg, placement_group_bundle_index=h
+                )
+                opts: dict[str, Any] = {
+                    "num_cpus": plan.cpus,
+                    "num_gpus": plan.gpus,
+                    "scheduling_strategy": strategy,
+                }
+                host_device = device
+            else:  # the coordinator aggregates; it needs no core of its own
+                opts, host_device = {"num_cpus": 0}, "cpu"
+            actor = remote_host.options(max_restarts=0, **opts).remote(h)
+            self.hosts.append(_Host(h, actor, ids))
+            setups.append(
+                actor.setup.remote(
+                    world_ref, ids, owner, host_device, rcfg.torch_threads, bool(self.taps)
+                )
+            )
+        try:
+            infos = ray.get(setups, timeout=rcfg.start_timeout)
+        except GetTimeoutError:
+            raise RuntimeFailure(
+                f"PeerHosts did not start within {rcfg.start_timeout:g}s "
+                "(raise runtime.start_timeout on a slow or busy cluster)"
+            ) from None
+        except RayTaskError as exc:
+            raise _cause(exc) from None
+        for host, info in zip(self.hosts, infos, strict=True):
+            host.info = info
+
+    @property
+    def placement(self) -> list[dict[str, Any]]:
+        """Where each host runs (node id, pid, device, peers)."""
+        return [h.info for h in self.hosts]
+
+    # --- running -----------------------------------------------------------------------------
+
+    def run(self, observer: RunObserver) -> RunOutcome:
+        cfg, world = self.config, self.world
+        for h in self.hosts:
+            observer.peer_event(
+                0.0,
+                h.peers[0],
+                "host_started",
+                {
+                    "host": h.index,
+                    "peers": [h.peers[0], h.peers[-1]],
+                    "node": h.info.get("node"),
+                    "device": h.info.get("device"),
+                },
+            )
+        driver = _Driver(self, observer)
+        outcome = run_virtual(
+            driver,
+            participants=world.participants,
+            total_rounds=cfg.protocol.rounds * world.num_peers,
+            lookahead=world.network.min_latency,
+            eval_interval=float(cfg.eval.interval or 1.0),
+            time_limit=cfg.time.limit,
+            evaluate=Evaluation(_driver_evaluator(world), world.num_peers, observer),
+            observer=observer,
+        )
+        outcome.frames["dropped"] = driver.dropped
+        return outcome
+
+    def peer_reports(self) -> list[PeerReport]:
+        out: list[PeerReport] = []
+        for h in self.hosts:
+            if h.alive:
+                try:
+                    out += ray.get(h.actor.reports.remote(), timeout=60)
+                    continue
+                except (RayActorError, GetTimeoutError):
+                    h.alive = False
+            snap = h.snapshot
+            rounds = dict(zip(snap.ids, snap.rounds, strict=True)) if snap else {}
+            out += [PeerReport(i, rounds.get(i, 0), {}, False, False) for i in h.peers]
+        return sorted(out, key=lambda r: r.id)
+
+    def close(self) -> None:
+        # Tearing down what may already be gone (a dead host, a lost cluster) is not an error.
+        for h in self.hosts:
+            with contextlib.suppress(Exception):
+                ray.kill(h.actor)
+        if self._pg is not None:
+            with contextlib.suppress(Exception):
+                remove_placement_group(self._pg)
+            self._pg = None
+        if self._started_ray and ray.is_initialized():
+            ray.shutdown()
+            self._started_ray = False
+
+
+def _driver_evaluator(world: Any) -> Any:
+    from p2pfed.experiment import build_evaluator
+
+    return build_evaluator(world, "cpu")
+
+
+def _cause(exc: RayTaskError) -> BaseException:
+    """The exception a host raised, so a ConfigError from a host reads like a local one."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, P2PFedError):
+        return cause
+    return RuntimeFailure(f"a PeerHost failed: {cause or exc}")
+
+
+class _Driver:
+    """The virtual-time driver's view of the hosts (implements ``Hosts``)."""
+
+    def __init__(self, runtime: RayRuntime, observer: RunObserver):
+        self.rt = runtime
+        self.observer = observer
+        self.taps = runtime.taps
+        n_hosts = len(runtime.hosts)
+        self.transit: list[list[Any]] = [[] for _ in range(n_hosts)]  # refs per destination
+        self.transit_count = [0] * n_hosts
+        self.transit_min = [math.inf] * n_hosts
+        self.dropped = 0  # frames queued at or sent to a host that died
+        self.window_end = 0.0
+
+    def start(self) -> HostsState:
+        return self._call(None, False)
+
+    def step(self, end: float, inclusive: bool) -> HostsState:
+        self.window_end = end
+        return self._call(end, inclusive)
+
+    def snapshot(self) -> list[Snapshot]:
+        alive = [h for h in self.rt.hosts if h.alive]
+        refs = [h.actor.snapshot.remote() for h in alive]
+        snaps: list[Snapshot] = []
+        for h, ref in zip(alive, refs, strict=True):
+            try:
+                h.snapshot = ray.get(ref)
+            except RayActorError as exc:
+                self._host_died(h, exc)
+                continue
+            snaps.append(h.snapshot)
+        return snaps
+
+    def _call(self, end: float | None, inclusive: bool) -> HostsState:
+        hosts = self.rt.hosts
+        calls: dict[int, Any] = {}
+        for h in hosts:
+            if not h.alive:
+                continue
+            incoming = self.transit[h.index]
+            calls[h.index] = h.actor.step.options(num_returns=len(hosts) + 1).remote(
+                end, inclusive, *incoming
+            )
+        self.transit = [[] for _ in hosts]
+        self.transit_count = [0] * len(hosts)
+        self.transit_min = [math.inf] * len(hosts)
+        for h in hosts:
+            if h.index not in calls:
+                continue
+            refs = calls[h.index]
+            try:
+                report = ray.get(refs[0])
+            except RayActorError as exc:
+                self._host_died(h, exc)
+                continue
+            except RayTaskError as exc:
+                raise _cause(exc) from None
+            h.last = report
+            self._replay(report["records"])
+            for dest, (count, first) in enumerate(report["out"]):
+                if not count:
+                    continue
+                if not hosts[dest].alive:
+                    self.dropped += count
+                    continue
+                self.transit[dest].append(refs[1 + dest])
+                self.transit_count[dest] += count
+                self.transit_min[dest] = min(self.transit_min[dest], first)
+        # a destination that died during this window loses what was sent to it
+        for h in hosts:
+            if not h.alive and self.transit_count[h.index]:
+                self.dropped += self.transit_count[h.index]
+                self.transit[h.index], self.transit_count[h.index] = [], 0
+                self.transit_min[h.index] = math.inf
+        return self._state()
+
+    def _state(self) -> HostsState:
+        reports = [h.last for h in self.rt.hosts if h.last]
+        alive = [h.last for h in self.rt.hosts if h.alive and h.last]
+        in_transit = sum(self.transit_count)
+        dead_peers = sum(len(h.peers) for h in self.rt.hosts if not h.alive)
+        now = max((r["now"] for r in reports), default=0.0)
+        self.rt.now = now
+        return HostsState(
+            next_time=min([r["next_time"] for r in alive] + self.transit_min, default=math.inf),
+            pending=sum(r["pending"] for r in alive) + in_transit,
+            frames_pending=sum(r["frames_pending"] for r in alive) + in_transit,
+            done=sum(r["done"] for r in alive) + dead_peers,
+            completed=sum(r["completed"] for r in reports),
+            events=sum(r["events"] for r in reports),
+            now=now,
+            frames=frame_totals(r["frames"] for r in reports),
+        )
+
+    def _replay(self, records: list[tuple[str, tuple[Any, ...]]]) -> None:
+        for name, args in records:
+            if name == "tap":
+                for tap in self.taps:
+                    tap(*args)
+            else:
+                getattr(self.observer, name)(*args)
+
+    def _host_died(self, host: _Host, exc: BaseException) -> None:
+        host.alive = False
+        if host.last:
+            self.dropped += host.last.get("frames_pending", 0)
+        t = self.window_end
+        info = {
+            "host": host.index,
+            "node": host.info.get("node"),
+            "peers": host.peers,
+            "t": t,
+            "wall": time.time(),
+        }
+        self.rt.failures.append(info)
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        self.observer.peer_event(
+            t, host.peers[0], "host_failed", {"host": host.index, "peers": host.peers}
+        )
+        rcfg = self.rt.config.runtime
+        coordinator = self.rt.plan.coordinator
+        policy = rcfg.on_host_failure or ("stop" if coordinator is not None else "continue")
+        if coordinator is not None and coordinator in host.peers:
+            raise RuntimeFailure(
+                f"the coordinator's PeerHost {host.index} died near t={t:.3f}s ({reason}); "
+                "a star protocol cannot go on without it"
+            )
+        if policy == "stop":
+            raise RuntimeFailure(
+                f"PeerHost {host.index} died near t={t:.3f}s carrying peers "
+                f"{_span(host.peers)} ({reason}); runtime.on_host_failure is stop"
+            )
+
+
+def _span(ids: Sequence[int]) -> str:
+    if list(ids) == list(range(ids[0], ids[-1] + 1)):
+        return f"{ids[0]}-{ids[-1]}" if len(ids) > 1 else str(ids[0])
+    return str(list(ids))
+
+
+__all__ = ["FRAME_COUNTERS", "HostPlan", "PeerHost", "RayRuntime", "connect", "plan_hosts"]
