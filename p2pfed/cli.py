@@ -3,6 +3,7 @@
 ::
 
     p2pfed run [CONFIG] [--set path.to.key=value ...] [--out DIR] [--progress MODE]
+               [--address auto|HOST:PORT] [--overwrite]
     p2pfed topology show FILE [--png PATH] [--seed N]
 
 Exit codes: 0 success; 1 the run failed; 2 bad input (config, topology file, overrides) —
@@ -45,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--overwrite", action="store_true", help="replace a run already in the run directory"
     )
+    run.add_argument(
+        "--address",
+        metavar="auto|HOST:PORT",
+        help="run the peers on a Ray cluster: 'auto' joins the cluster this machine belongs "
+        "to, HOST:PORT its head node (sets runtime.kind=ray and runtime.address)",
+    )
 
     topo = sub.add_parser("topology", help="inspect topology files")
     topo_sub = topo.add_subparsers(dest="topology_command", required=True)
@@ -80,10 +87,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from p2pfed.experiment import run
 
+    overrides = list(args.overrides)
+    if args.address is not None:
+        overrides += ["runtime.kind=ray", f"runtime.address={args.address}"]
     result = run(
         args.config,
         out=args.out,
-        overrides=args.overrides,
+        overrides=overrides,
         progress=args.progress,
         overwrite=args.overwrite,
     )

@@ -44,28 +44,64 @@ DEFAULT_CONFIG = "default.yaml"
 DEFAULT_SOURCE = "<default config>"
 
 
+#: protocol settings and the kinds that use them (any other kind rejects a non-default value)
+_PROTOCOL_KEYS = {
+    "min_fraction": ("fedavg",),
+    "server_lr": ("fedavg", "fedbuff"),
+    "alpha": ("fedasync",),
+    "staleness": ("fedasync", "fedbuff"),
+    "staleness_exponent": ("fedasync", "fedbuff"),
+    "buffer_size": ("fedbuff",),
+}
+
+
 class ProtocolConfig(BaseModel):
-    """Which gossip protocol the peers run."""
+    """Which protocol the peers run: decentralised (dpsgd, gossip, pushsum) or through a
+    coordinator (fedavg, fedasync, fedbuff; the coordinator is one more participant, id n,
+    and the topology's edges are not used — only its n)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    kind: Literal["dpsgd", "gossip", "pushsum"] = "dpsgd"
+    kind: Literal["dpsgd", "gossip", "pushsum", "fedavg", "fedasync", "fedbuff"] = "dpsgd"
     rounds: StrictInt = Field(50, ge=1, description="local training rounds per peer")
     timeout: Real | None = Field(
         None,
         gt=0,
-        description="seconds a peer waits for its neighbours (dpsgd) or for a gossip reply "
-        "before moving on; null picks one from the time and network models",
+        description="seconds a peer waits for its neighbours (dpsgd), for a gossip reply, or "
+        "for the coordinator (fed kinds) before moving on; null picks one from the time and "
+        "network models",
+    )
+    min_fraction: Real = Field(
+        1.0, gt=0, le=1, description="fedavg: share of clients a round needs after its timeout"
+    )
+    server_lr: Real = Field(1.0, gt=0, description="fedavg, fedbuff: server step size")
+    alpha: Real = Field(0.6, gt=0, le=1, description="fedasync: mixing weight of an update")
+    staleness: Literal["polynomial", "constant", "hinge"] = Field(
+        "polynomial", description="fedasync, fedbuff: how stale updates are down-weighted"
+    )
+    staleness_exponent: Real = Field(
+        0.5, ge=0, description="fedasync, fedbuff: polynomial staleness (1 + d)^-exponent"
+    )
+    buffer_size: StrictInt | None = Field(
+        None, ge=1, description="fedbuff: updates per server step; null: min(n, 10)"
     )
 
     @model_validator(mode="after")
-    def _timeout_needs_a_wait(self) -> ProtocolConfig:
+    def _keys_of_this_kind(self) -> ProtocolConfig:
         if self.kind == "pushsum" and self.timeout is not None:
             raise ValueError(
                 "timeout is not used by pushsum, which never waits "
                 "(remove it, or --set protocol.timeout=null)"
             )
+        fields = ProtocolConfig.model_fields
+        for key, kinds in _PROTOCOL_KEYS.items():
+            if self.kind not in kinds and getattr(self, key) != fields[key].default:
+                raise ValueError(f"{key} is used by {' and '.join(kinds)} only, not {self.kind}")
         return self
+
+    @property
+    def has_coordinator(self) -> bool:
+        return self.kind in ("fedavg", "fedasync", "fedbuff")
 
 
 class EvalConfig(BaseModel):
@@ -139,6 +175,11 @@ class RuntimeConfig(BaseModel):
         description="ray only: when a PeerHost dies, continue without its peers or stop with "
         "an error; null: stop for protocols with a coordinator, continue otherwise",
     )
+    fail_hosts: dict[int, Real] = Field(
+        default_factory=dict,
+        description="ray only, fault injection: PeerHost index -> virtual time at which the "
+        "driver kills that host (as a crashed node would), to test on_host_failure",
+    )
     start_timeout: Real = Field(
         60.0,
         gt=0,
@@ -158,13 +199,20 @@ class RuntimeConfig(BaseModel):
                 "gpus_per_host",
                 "on_host_failure",
                 "start_timeout",
+                "fail_hosts",
             ):
-                if getattr(self, key) != defaults[key].default:
+                default = defaults[key].get_default(call_default_factory=True)
+                if getattr(self, key) != default:
                     raise ValueError(f"{key} needs kind: ray")
         if self.hosts is not None and self.peers_per_host is not None:
             raise ValueError("set hosts or peers_per_host, not both")
         if self.gpus_per_host > 0 and self.device == "cpu":
             raise ValueError("gpus_per_host > 0 trains on GPUs: set device: cuda (or auto)")
+        for host, at in self.fail_hosts.items():
+            if host < 0 or at < 0:
+                raise ValueError(f"fail_hosts: host {host} at {at}: both must be >= 0")
+            if self.hosts is not None and host >= self.hosts:
+                raise ValueError(f"fail_hosts names host {host}, but there are {self.hosts}")
         if self.gpus_per_host > 1 and self.gpus_per_host != int(self.gpus_per_host):
             raise ValueError("gpus_per_host above 1 must be a whole number")
         return self
@@ -196,6 +244,10 @@ class ExperimentConfig(BaseModel):
         if self.time.mode == "wall" and self.runtime.kind != "ray":
             raise ValueError("time.mode wall runs on Ray actors: set runtime.kind: ray")
         n = self.topology.n
+        if self.protocol.buffer_size is not None and self.protocol.buffer_size > n:
+            raise ValueError(
+                f"protocol.buffer_size ({self.protocol.buffer_size}) exceeds the {n} clients"
+            )
         for peer in self.time.slowdown:
             if peer >= n:
                 raise ValueError(f"time.slowdown names peer {peer}, but the topology has {n}")

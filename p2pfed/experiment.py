@@ -38,7 +38,7 @@ from p2pfed.data import Dataset, label_histograms, load_dataset, partition
 from p2pfed.errors import ConfigError, DataError, ModelError, ProtocolError, TopologyError
 from p2pfed.models import build_model, get_flat
 from p2pfed.progress import ProgressReporter
-from p2pfed.protocol import PROTOCOLS, Codec, build_protocol
+from p2pfed.protocol import FED_PROTOCOLS, PROTOCOLS, Codec, build_fed_protocol, build_protocol
 from p2pfed.protocol.core import Protocol
 from p2pfed.results import RunRecorder, final_accuracy, finite, read_metrics
 from p2pfed.runtime.base import PeerReport, PeerSlot, RunObserver, Tap
@@ -98,7 +98,12 @@ class World:
     @property
     def participants(self) -> int:
         """Peers plus the coordinator, when the protocol has one (its id is ``num_peers``)."""
-        return self.num_peers
+        return self.num_peers + self.config.protocol.has_coordinator
+
+    @property
+    def total_rounds(self) -> int:
+        """Rounds every participant runs, summed (what progress counts to)."""
+        return self.config.protocol.rounds * self.participants
 
     @property
     def num_params(self) -> int:
@@ -206,7 +211,9 @@ def build_world(config: ExperimentConfig) -> World:
             raise ModelError(f"cannot build the model: {reason}") from None
     params0 = get_flat(template)
     cost = CostModel(config.time, n, streams["cost"])
-    network = NetworkModel(config.network, n, streams["network"])
+    # the coordinator (id n) sends too; it never trains, so the cost model has only peers
+    participants = n + config.protocol.has_coordinator
+    network = NetworkModel(config.network, participants, streams["network"])
     tcfg = config.training
     if any(len(s) == 0 for s in shards):
         empty = [i for i, s in enumerate(shards) if len(s) == 0]
@@ -225,11 +232,16 @@ def build_peers(world: World, ids: Sequence[int], device: str) -> list[PeerSlot]
     config, n = world.config, world.num_peers
     # one (training, protocol) pair of streams per peer
     per_peer = _streams(config.seed)["peers"].spawn(n)
-    pcfg, tcfg = config.protocol, config.training
+    tcfg = config.training
     dataset = world.dataset
-    peers = []
+    peers: list[PeerSlot] = []
     for i in ids:
-        train_seed, protocol_seed = per_peer[i].spawn(2)
+        train_seed, protocol_seed = per_peer[min(i, n - 1)].spawn(2)
+        if i == n:  # the coordinator: no data, no trainer
+            with _section("protocol"):
+                protocol = _protocol(world, i, 0)
+            peers.append(PeerSlot(i, protocol, protocol.initial_state(world.params0), None))
+            continue
         shard = world.shards[i]
         with _section("data"):
             trainer = LocalTrainer(
@@ -241,18 +253,34 @@ def build_peers(world: World, ids: Sequence[int], device: str) -> list[PeerSlot]
                 device=device,
             )
         with _section("protocol"):
-            protocol: Protocol[Any] = build_protocol(
-                pcfg.kind,
-                i,
-                world.schedule,
-                rounds=pcfg.rounds,
-                seed=_int_seed(protocol_seed),
-                epochs=tcfg.local_epochs,
-                steps=tcfg.local_steps,
-                timeout=pcfg.timeout,
-            )
+            protocol = _protocol(world, i, _int_seed(protocol_seed))
         peers.append(PeerSlot(i, protocol, protocol.initial_state(world.params0), trainer))
     return peers
+
+
+def _protocol(world: World, peer: int, seed: int) -> Protocol[Any]:
+    pcfg, tcfg = world.config.protocol, world.config.training
+    common: dict[str, Any] = {
+        "rounds": pcfg.rounds,
+        "seed": seed,
+        "epochs": tcfg.local_epochs,
+        "steps": tcfg.local_steps,
+        "timeout": pcfg.timeout,
+    }
+    if pcfg.kind in FED_PROTOCOLS:
+        return build_fed_protocol(
+            pcfg.kind,  # type: ignore[arg-type]
+            peer,
+            world.num_peers,
+            min_fraction=pcfg.min_fraction,
+            server_lr=pcfg.server_lr,
+            alpha=pcfg.alpha,
+            staleness=pcfg.staleness,
+            staleness_exponent=pcfg.staleness_exponent,
+            buffer_size=pcfg.buffer_size,
+            **common,
+        )
+    return build_protocol(pcfg.kind, peer, world.schedule, **common)  # type: ignore[arg-type]
 
 
 def build_evaluator(world: World, device: str) -> Evaluator:
@@ -290,17 +318,20 @@ def _resolve_automatic(
     delay = network.expected_delay(frame)
     # A peer's frames leave one after another on its uplink: the last of d frames (or of d
     # gossip replies at a hub) waits for the d - 1 before it.
-    queue = max(schedule.at(0).degree_stats()[2] - 1, 0) * network.serialise_time(frame)
-    slowest = max(per_round)
     pcfg = config.protocol
+    # ... and a coordinator sends to every client in turn
+    fanout = config.num_peers if pcfg.has_coordinator else schedule.at(0).degree_stats()[2]
+    queue = max(fanout - 1, 0) * network.serialise_time(frame)
+    slowest = max(per_round)
     if pcfg.timeout is None and pcfg.kind != "pushsum":
-        # D-PSGD waits for its neighbours' training; a gossip reply needs only a round trip.
+        # D-PSGD and a coordinator wait for training; a gossip reply needs only a round trip.
         wait = 10 * delay + 2 * queue
-        if pcfg.kind == "dpsgd":
+        if pcfg.kind != "gossip":
             wait += 2 * slowest
         pcfg = pcfg.model_copy(update={"timeout": _round_up(wait)})
     ecfg = config.eval
-    round_time = slowest + queue + (2 if pcfg.kind == "gossip" else 1) * delay
+    trips = 2 if pcfg.kind == "gossip" or pcfg.has_coordinator else 1
+    round_time = slowest + queue + trips * delay
     if ecfg.interval is None:
         ecfg = ecfg.model_copy(update={"interval": _round_up(round_time)})
     else:
@@ -474,6 +505,8 @@ class _Runtime(typing.Protocol):
 
     def peer_reports(self) -> list[PeerReport]: ...
 
+    def describe(self) -> dict[str, Any]: ...
+
     def close(self) -> None: ...
 
 
@@ -510,6 +543,9 @@ class _InProcess:
 
     def peer_reports(self) -> list[PeerReport]:
         return [PeerReport.of(p) for p in self.peers]
+
+    def describe(self) -> dict[str, Any]:
+        return {}
 
     def close(self) -> None:
         pass
@@ -558,6 +594,7 @@ def _summary(
         "protocol_events": counters,
         "diverged_peers": [p.id for p in peers if p.diverged],
         "warnings": _warnings(cfg, reports, counters),
+        **runtime.describe(),
     }
 
 

@@ -29,3 +29,19 @@ def small_config(**sections: dict) -> dict:  # type: ignore[type-arg]
 @pytest.fixture
 def small() -> dict:  # type: ignore[type-arg]
     return small_config()
+
+
+@pytest.fixture(scope="session")
+def ray_local():  # type: ignore[no-untyped-def]
+    """A private Ray instance for the whole session (never someone else's cluster)."""
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            logging_level="WARNING",
+            object_store_memory=300 * 1024 * 1024,
+        )
+    yield ray
+    ray.shutdown()

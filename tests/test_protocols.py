@@ -323,7 +323,7 @@ def test_push_sum_random_regular_dynamic() -> None:
     np.testing.assert_allclose(d.models(), np.tile(mean, (n, 1)), atol=1e-4)
 
 
-@pytest.mark.parametrize("kind", sorted(PROTOCOLS))
+@pytest.mark.parametrize("kind", ["dpsgd", "gossip", "pushsum"])  # fed kinds: their tests
 def test_protocols_reject_zero_rounds(kind: str) -> None:
     cls = PROTOCOLS[kind]
     kwargs = {"seed": 0} if cls is AsyncGossip else {}

@@ -22,17 +22,20 @@ from p2pfed.protocol.core import (
     TrainingDone,
 )
 from p2pfed.protocol.dpsgd import DPSGD, DPSGDState, ModelShare
+from p2pfed.protocol.fed import FED_PROTOCOLS, build_fed_protocol
 from p2pfed.protocol.gossip import AsyncGossip, GossipReply, GossipRequest, GossipState
 from p2pfed.protocol.pushsum import PushSum, PushSumShare, PushSumState
 from p2pfed.topology import TopologySchedule
 
 ProtocolKind = Literal["dpsgd", "gossip", "pushsum"]
 
-#: config name -> protocol class (the one place a config string names a class)
+#: config name -> protocol class (the one place a config string names a class); for the
+#: coordinator kinds, the class whose ``messages`` cover both roles
 PROTOCOLS: dict[str, type[Protocol[Any]]] = {
     "dpsgd": DPSGD,
     "gossip": AsyncGossip,
     "pushsum": PushSum,
+    **FED_PROTOCOLS,
 }
 
 
@@ -67,6 +70,7 @@ def build_protocol(
 
 __all__ = [
     "DPSGD",
+    "FED_PROTOCOLS",
     "PROTOCOLS",
     "AsyncGossip",
     "Codec",
@@ -95,5 +99,6 @@ __all__ = [
     "TimerFired",
     "Train",
     "TrainingDone",
+    "build_fed_protocol",
     "build_protocol",
 ]

@@ -394,6 +394,17 @@ class RayRuntime:
         """Where each host runs (node id, pid, device, peers)."""
         return [h.info for h in self.hosts]
 
+    def describe(self) -> dict[str, Any]:
+        """What the run summary records about the hosts."""
+        return {
+            "hosts": [
+                {k: h.info.get(k) for k in ("host", "node", "device", "param_device", "gpu_ids")}
+                | {"peers": _span(h.peers), "alive": h.alive}
+                for h in self.hosts
+            ],
+            "host_failures": self.failures,
+        }
+
     # --- running -----------------------------------------------------------------------------
 
     def run(self, observer: RunObserver) -> RunOutcome:
@@ -414,7 +425,7 @@ class RayRuntime:
         outcome = run_virtual(
             driver,
             participants=world.participants,
-            total_rounds=cfg.protocol.rounds * world.num_peers,
+            total_rounds=world.total_rounds,
             lookahead=world.network.min_latency,
             eval_interval=float(cfg.eval.interval or 1.0),
             time_limit=cfg.time.limit,
@@ -485,6 +496,9 @@ class _Driver:
 
     def step(self, end: float, inclusive: bool) -> HostsState:
         self.window_end = end
+        for index, at in self.rt.config.runtime.fail_hosts.items():
+            if index < len(self.rt.hosts) and self.rt.hosts[index].alive and end > at:
+                ray.kill(self.rt.hosts[index].actor, no_restart=True)  # fault injection
         return self._call(end, inclusive)
 
     def snapshot(self) -> list[Snapshot]:

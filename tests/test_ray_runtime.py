@@ -1,0 +1,231 @@
+"""The Ray runtime: same protocols and configs, same metrics as in-process, clear failures."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from p2pfed.errors import RuntimeFailure
+from p2pfed.experiment import run
+from p2pfed.runtime.engine import OutFrame
+from p2pfed.runtime.ray_runtime import pack_frames, plan_hosts, unpack_frames
+from tests.conftest import small_config
+
+pytestmark = pytest.mark.ray
+
+RAY4 = {"kind": "ray", "hosts": 4, "cpus_per_host": 0.5}
+
+
+def _files(run_dir: Path) -> tuple[str, list[dict[str, str]]]:
+    metrics = (run_dir / "metrics.jsonl").read_text()
+    with (run_dir / "edges.csv").open() as f:
+        edges = sorted(csv.DictReader(f), key=lambda r: (int(r["src"]), int(r["dst"])))
+    return metrics, edges
+
+
+def _pair(tmp_path: Path, name: str, **sections: Any) -> tuple[Any, Any]:
+    cfg = small_config(**sections)
+    local = run(cfg, out=tmp_path / f"{name}-local")
+    on_ray = run({**cfg, "runtime": RAY4}, out=tmp_path / f"{name}-ray")
+    return local, on_ray
+
+
+@pytest.mark.parametrize(
+    "protocol",
+    [
+        {"kind": "dpsgd", "rounds": 5},
+        {"kind": "gossip", "rounds": 5},
+        {"kind": "pushsum", "rounds": 5},
+    ],
+)
+def test_four_hosts_reproduce_the_in_process_run_exactly(
+    ray_local: Any, tmp_path: Path, protocol: dict[str, Any]
+) -> None:
+    # asynchrony everywhere: stragglers, compute jitter, random latency, loss
+    local, on_ray = _pair(
+        tmp_path,
+        protocol["kind"],
+        topology={"kind": "random_regular", "n": 10, "degree": 4},
+        protocol=protocol,
+        time={"compute_jitter": 0.4, "stragglers": {"fraction": 0.3, "slowdown": 3.0}},
+        network={"latency": {"min": 0.002, "dist": "exponential", "scale": 0.01}, "loss": 0.1},
+    )
+    assert _files(local.run_dir) == _files(on_ray.run_dir)
+    for key in ("events", "virtual_time", "bytes", "rounds_completed", "final"):
+        assert local.summary[key] == on_ray.summary[key], key
+    msgs = on_ray.summary["messages"]
+    assert msgs.pop("dropped") == 0
+    assert msgs == local.summary["messages"]
+    assert on_ray.summary["runtime"] == "ray"
+    assert len(on_ray.summary["hosts"]) == 4
+    assert (
+        sum(
+            len(range(int(h["peers"].split("-")[0]), int(h["peers"].split("-")[-1]) + 1))
+            for h in on_ray.summary["hosts"]
+        )
+        == 10
+    )
+
+
+def test_time_limit_cuts_both_runtimes_at_the_same_point(ray_local: Any, tmp_path: Path) -> None:
+    local, on_ray = _pair(
+        tmp_path,
+        "limit",
+        protocol={"kind": "gossip", "rounds": 50},
+        time={"limit": 0.9, "compute_jitter": 0.2},
+    )
+    assert local.summary["status"] == on_ray.summary["status"] == "time_limit"
+    assert _files(local.run_dir) == _files(on_ray.run_dir)
+    msgs = dict(on_ray.summary["messages"])
+    msgs.pop("dropped")
+    assert msgs == local.summary["messages"]
+
+
+def test_taps_see_every_frame_sent_on_ray(ray_local: Any, tmp_path: Path) -> None:
+    seen: list[tuple[int, int]] = []
+    res = run(
+        {**small_config(), "runtime": RAY4},
+        out=tmp_path / "tapped",
+        taps=[lambda t, src, dst, frame: seen.append((src, dst))],
+    )
+    assert len(seen) == res.summary["messages"]["sent"] > 0
+    assert all(dst in ((src + 1) % 6, (src - 1) % 6) for src, dst in seen)  # ring links only
+
+
+def test_a_host_that_dies_is_survived_by_gossip(ray_local: Any, tmp_path: Path) -> None:
+    cfg = small_config(
+        topology={"kind": "ring", "n": 8},
+        protocol={"kind": "dpsgd", "rounds": 8},
+        runtime={**RAY4, "fail_hosts": {1: 0.3}, "on_host_failure": "continue"},
+    )
+    res = run(cfg, out=tmp_path / "survive")
+    s = res.summary
+    assert s["status"] == "completed"
+    [failure] = s["host_failures"]
+    assert failure["host"] == 1 and failure["peers"] == [2, 3]
+    assert [h["alive"] for h in s["hosts"]] == [True, False, True, True]
+    last_tick = max(r["tick"] for r in res.metrics())
+    survivors = sorted(r["peer"] for r in res.metrics() if r["tick"] == last_tick)
+    assert survivors == [0, 1, 4, 5, 6, 7]
+    assert s["rounds_completed"][0] == 8 and s["rounds_completed"][2] < 8
+    events = [json.loads(line) for line in (res.run_dir / "events.jsonl").open()]
+    assert any(e["event"] == "host_failed" and e["peers"] == [2, 3] for e in events)
+    m = s["messages"]
+    assert m["sent"] == m["delivered"] + m["lost"] + m["rejected"] + m["in_flight"] + m["dropped"]
+
+
+def test_a_host_that_dies_stops_the_run_when_configured(ray_local: Any, tmp_path: Path) -> None:
+    cfg = small_config(
+        topology={"kind": "ring", "n": 8},
+        protocol={"kind": "dpsgd", "rounds": 8},
+        runtime={**RAY4, "fail_hosts": {2: 0.3}, "on_host_failure": "stop"},
+    )
+    with pytest.raises(RuntimeFailure, match=r"PeerHost 2 died .* carrying peers 4-5"):
+        run(cfg, out=tmp_path / "stop")
+    summary = json.loads((tmp_path / "stop" / "summary.json").read_text())
+    assert summary["status"] == "failed" and "peers 4-5" in summary["error"]
+    assert (tmp_path / "stop" / "metrics.jsonl").read_text().count("\n") >= 8  # kept
+
+
+def test_too_few_cpus_is_one_clear_error(ray_local: Any, tmp_path: Path) -> None:
+    cfg = small_config(runtime={"kind": "ray", "hosts": 4, "cpus_per_host": 1})
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeFailure, match=r"4 PeerHosts x 1 CPUs need 4 CPUs .* has 2"):
+        run(cfg, out=tmp_path / "cpus")
+    assert time.monotonic() - t0 < 30
+
+
+def test_plan_hosts_defaults_to_one_host_per_cpu() -> None:
+    from p2pfed.config import RuntimeConfig
+
+    plan = plan_hosts(10, None, RuntimeConfig(kind="ray"), {"CPU": 4})
+    assert [len(b) for b in plan.blocks] == [3, 3, 2, 2]
+    plan = plan_hosts(3, None, RuntimeConfig(kind="ray"), {"CPU": 8})
+    assert len(plan.blocks) == 3  # never more hosts than peers
+    plan = plan_hosts(10, 10, RuntimeConfig(kind="ray", peers_per_host=4), {"CPU": 8})
+    assert [b[0] for b in plan.blocks] == [0, 4, 7] and plan.num_hosts == 4
+    gpu = RuntimeConfig(kind="ray", device="cuda", gpus_per_host=0.5)
+    assert len(plan_hosts(16, None, gpu, {"CPU": 16, "GPU": 2}).blocks) == 4
+    with pytest.raises(RuntimeFailure, match="need 2 GPUs"):
+        plan_hosts(
+            16,
+            None,
+            RuntimeConfig(kind="ray", device="cuda", gpus_per_host=1, hosts=2),
+            {"CPU": 16},
+        )
+    with pytest.raises(RuntimeFailure, match="exceeds the number of peers"):
+        plan_hosts(3, None, RuntimeConfig(kind="ray", hosts=4), {"CPU": 8})
+
+
+def test_frame_batches_round_trip() -> None:
+    frames = [
+        OutFrame(0.5, 3, 1, 7, b"abc"),
+        OutFrame(0.25, 4, 2, 0, b""),
+        OutFrame(1.0, 3, 2, 1, b"\x00" * 9),
+    ]
+    assert unpack_frames(pack_frames(frames)) == frames
+    assert unpack_frames(pack_frames([])) == []
+    batch = pack_frames(frames)
+    assert all(isinstance(v, np.ndarray) for v in batch.values())
+
+
+def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "p2pfed.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_unreachable_address_fails_fast_with_one_line(tmp_path: Path) -> None:
+    t0 = time.monotonic()
+    out = _cli(
+        "run",
+        "--address",
+        "127.0.0.1:9",
+        "--out",
+        str(tmp_path / "x"),
+        "--set",
+        "protocol.rounds=1",
+    )
+    assert time.monotonic() - t0 < 60
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert lines[-1].startswith(
+        "p2pfed: error: RuntimeFailure: cannot reach a Ray cluster at 127.0.0.1:9"
+    ), out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_address_auto_joins_the_instance_running_on_this_machine(
+    ray_local: Any, tmp_path: Path
+) -> None:
+    out = _cli(
+        "run",
+        "--address",
+        "auto",
+        "--out",
+        str(tmp_path / "auto"),
+        "--set",
+        "protocol.rounds=2",
+        "--set",
+        "topology.n=4",
+        "--set",
+        "runtime.hosts=2",
+        "--set",
+        "runtime.cpus_per_host=0.5",
+    )
+    assert out.returncode == 0, out.stderr
+    summary = json.loads((tmp_path / "auto" / "summary.json").read_text())
+    node = ray_local.get_runtime_context().get_node_id()
+    assert summary["runtime"] == "ray"
+    assert [h["node"] for h in summary["hosts"]] == [node, node]
