@@ -211,8 +211,6 @@ class RuntimeConfig(BaseModel):
         for host, at in self.fail_hosts.items():
             if host < 0 or at < 0:
                 raise ValueError(f"fail_hosts: host {host} at {at}: both must be >= 0")
-            if self.hosts is not None and host >= self.hosts:
-                raise ValueError(f"fail_hosts names host {host}, but there are {self.hosts}")
         if self.gpus_per_host > 1 and self.gpus_per_host != int(self.gpus_per_host):
             raise ValueError("gpus_per_host above 1 must be a whole number")
         return self
@@ -244,6 +242,15 @@ class ExperimentConfig(BaseModel):
         if self.time.mode == "wall" and self.runtime.kind != "ray":
             raise ValueError("time.mode wall runs on Ray actors: set runtime.kind: ray")
         n = self.topology.n
+        rt = self.runtime
+        if rt.hosts is not None:
+            total = rt.hosts + self.protocol.has_coordinator
+            for host in rt.fail_hosts:
+                if host >= total:
+                    raise ValueError(
+                        f"runtime.fail_hosts names host {host}, but there are {total} "
+                        "(hosts, plus the coordinator's for fed protocols)"
+                    )
         if self.protocol.buffer_size is not None and self.protocol.buffer_size > n:
             raise ValueError(
                 f"protocol.buffer_size ({self.protocol.buffer_size}) exceeds the {n} clients"

@@ -438,7 +438,9 @@ def _run(
 ) -> Result:
     try:
         world = build_world(cfg)
+        built_at = time.perf_counter()
         runtime = _make_runtime(world, taps)
+        started_at = time.perf_counter()
     except ConfigError as exc:
         if exc.source is not None:
             raise
@@ -470,18 +472,25 @@ def _run(
     )
     outcome: RunOutcome | None = None
     summary: dict[str, Any] = {}
+    timings = {  # wall seconds: building the experiment, starting the runtime, running it
+        "build_s": round(built_at - wall0, 3),
+        "start_s": round(started_at - built_at, 3),
+    }
     try:
         with ProgressReporter(progress or cfg.output.progress, cfg.name) as bar:  # type: ignore[arg-type]
             recorder.progress_hook = bar.update
             outcome = runtime.run(recorder)
+        timings["run_s"] = round(time.perf_counter() - started_at, 3)
     except BaseException as exc:
         summary = _summary(world, runtime, recorder, None, time.perf_counter() - wall0)
         summary["status"] = "failed"
         summary["error"] = f"{type(exc).__name__}: {exc}"
+        summary["timings"] = timings
         recorder.log.error("run_failed", t=runtime.now, error=summary["error"])
         raise
     else:
         summary = _summary(world, runtime, recorder, outcome, time.perf_counter() - wall0)
+        summary["timings"] = timings
         recorder.log.info("run_finished", t=outcome.virtual_time, **finite(summary["final"]))
     finally:
         try:

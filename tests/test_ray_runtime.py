@@ -229,3 +229,33 @@ def test_address_auto_joins_the_instance_running_on_this_machine(
     node = ray_local.get_runtime_context().get_node_id()
     assert summary["runtime"] == "ray"
     assert [h["node"] for h in summary["hosts"]] == [node, node]
+
+
+@pytest.mark.parametrize("kind", ["fedavg", "fedbuff"])
+def test_coordinator_protocols_on_ray_match_in_process(
+    ray_local: Any, tmp_path: Path, kind: str
+) -> None:
+    local, on_ray = _pair(
+        tmp_path,
+        kind,
+        topology={"kind": "ring", "n": 8},
+        protocol={"kind": kind, "rounds": 4},
+        time={"compute_jitter": 0.3},
+        network={"latency": {"min": 0.002, "dist": "uniform", "scale": 0.01}, "loss": 0.1},
+    )
+    assert _files(local.run_dir) == _files(on_ray.run_dir)
+    assert local.summary["final"] == on_ray.summary["final"]
+    hosts = on_ray.summary["hosts"]
+    assert [h["peers"] for h in hosts] == ["0-1", "2-3", "4-5", "6-7", "8"]  # + coordinator
+    assert on_ray.summary["rounds_completed"] == [4] * 8
+
+
+def test_losing_the_coordinator_host_stops_the_run(ray_local: Any, tmp_path: Path) -> None:
+    cfg = small_config(
+        protocol={"kind": "fedavg", "rounds": 6},
+        runtime={**RAY4, "on_host_failure": "continue", "fail_hosts": {4: 0.2}},
+    )
+    with pytest.raises(RuntimeFailure, match="coordinator's PeerHost 4 died"):
+        run(cfg, out=tmp_path / "coord")
+    summary = json.loads((tmp_path / "coord" / "summary.json").read_text())
+    assert summary["status"] == "failed" and "coordinator" in summary["error"]
