@@ -313,6 +313,8 @@ def _resolve_automatic(
 ) -> ExperimentConfig:
     """Fill in the choices left to p2pfed (timeout, evaluation interval), so the resolved
     config records the values actually used."""
+    if config.time.mode == "wall":
+        return _resolve_wall(config)
     per_round = [cost.expected_train_time(i, s) for i, s in enumerate(samples)]
     frame = 4 * num_params + _FRAME_OVERHEAD
     delay = network.expected_delay(frame)
@@ -345,6 +347,22 @@ def _resolve_automatic(
                 f"{_round_up(pcfg.rounds * round_time / _MAX_EVAL_TICKS)}",
                 key="eval.interval",
             )
+    return config.model_copy(update={"protocol": pcfg, "eval": ecfg})
+
+
+#: wall-time defaults: real training time is unknown before the run, so waits are generous
+#: (a timeout only costs time when a message is really lost)
+WALL_TIMEOUT_S = {"gossip": 10.0, "dpsgd": 30.0, "fedavg": 30.0, "fedasync": 30.0, "fedbuff": 30.0}
+WALL_EVAL_INTERVAL_S = 1.0
+
+
+def _resolve_wall(config: ExperimentConfig) -> ExperimentConfig:
+    """Under wall time, timeouts and the evaluation interval are wall seconds."""
+    pcfg, ecfg = config.protocol, config.eval
+    if pcfg.timeout is None and pcfg.kind in WALL_TIMEOUT_S:
+        pcfg = pcfg.model_copy(update={"timeout": WALL_TIMEOUT_S[pcfg.kind]})
+    if ecfg.interval is None:
+        ecfg = ecfg.model_copy(update={"interval": WALL_EVAL_INTERVAL_S})
     return config.model_copy(update={"protocol": pcfg, "eval": ecfg})
 
 
@@ -589,6 +607,7 @@ def _summary(
         "peers": cfg.num_peers,
         "protocol": cfg.protocol.kind,
         "runtime": cfg.runtime.kind,
+        "time_mode": cfg.time.mode,  # wall: times are wall seconds since the peers started
         "topology": world.schedule.name,
         "spectral_gap": float(world.schedule.spectral_gap),
         "params": world.num_params,

@@ -19,6 +19,7 @@ from p2pfed.protocol import (
     GossipRequest,
     MessageArrived,
     ModelShare,
+    PeerDown,
     PushSum,
     Send,
     SetTimer,
@@ -27,6 +28,7 @@ from p2pfed.protocol import (
     TimerFired,
     Train,
     TrainingDone,
+    build_protocol,
 )
 from p2pfed.topology import (
     OnePeerExponential,
@@ -345,3 +347,53 @@ def test_protocol_topology_mismatch_is_a_config_error(tmp_path: Path) -> None:
     )
     with pytest.raises(p2pfed.ConfigError, match="undirected"):
         p2pfed.run(cfg, out=tmp_path)
+
+
+# --- peers reported gone (a crashed host) -------------------------------------------------
+
+
+def _run_without(d: Driver, dead: int) -> None:
+    """Deliver everything except what goes to ``dead``; timers only when nothing else is left
+    (and then only of live peers, to show nobody needs a timeout to get past the dead)."""
+    for _ in range(100_000):
+        d.pending = [(p, ev) for p, ev in d.pending if p != dead]
+        live = [k for k, (_, ev) in enumerate(d.pending) if not isinstance(ev, TimerFired)]
+        if not live:
+            break
+        d.step(live[0])
+
+
+@pytest.mark.parametrize("kind", ["dpsgd", "gossip", "pushsum"])
+def test_survivors_finish_without_timeouts_once_a_peer_is_reported_down(kind: str) -> None:
+    n, dead, rounds = 5, 2, 4
+    sched = (
+        ring(n)
+        if kind != "pushsum"
+        else build_schedule(TopologySpec(kind="ring", n=n, directed=True), seed=0)
+    )
+    protos = [build_protocol(kind, i, sched, rounds=rounds, seed=i) for i in range(n)]
+    d = Driver.start(protos, random_params(n))
+    d.pending = [(p, ev) for p, ev in d.pending if p != dead]
+    for i in range(n):
+        if i != dead:
+            d.deliver(i, PeerDown(dead))
+    _run_without(d, dead)
+    survivors = set(range(n)) - {dead}
+    assert survivors <= d.done, f"{kind}: peers {survivors - d.done} still wait"
+    assert all(d.protocols[i].progress(d.states[i]) == rounds for i in survivors)
+    assert "neighbours_skipped" not in {name for _, name in d.emitted}
+    if kind == "pushsum":  # nothing was pushed into the dead peer: the survivors keep the mass
+        total_w = sum(d.states[i].w for i in survivors)
+        assert total_w == pytest.approx(n - 1, abs=1e-9)
+
+
+def test_gossip_stops_waiting_for_a_partner_that_went_down() -> None:
+    protos = [build_protocol("gossip", i, ring(3), rounds=3, seed=i) for i in range(3)]
+    d = Driver.start(protos, random_params(3))
+    d.step(0)  # peer 0 finishes training and asks a neighbour
+    partner = d.states[0].partner
+    d.pending = [(p, ev) for p, ev in d.pending if p != partner]
+    d.deliver(0, PeerDown(partner))
+    assert (0, "partner_down") in d.emitted and d.states[0].round == 1
+    _run_without(d, partner)
+    assert 0 in d.done

@@ -259,3 +259,53 @@ def test_losing_the_coordinator_host_stops_the_run(ray_local: Any, tmp_path: Pat
         run(cfg, out=tmp_path / "coord")
     summary = json.loads((tmp_path / "coord" / "summary.json").read_text())
     assert summary["status"] == "failed" and "coordinator" in summary["error"]
+
+
+def test_wall_time_has_no_barrier_and_loses_nothing(ray_local: Any, tmp_path: Path) -> None:
+    cfg = small_config(
+        topology={"kind": "ring", "n": 8},
+        protocol={"kind": "gossip", "rounds": 25},
+        time={"mode": "wall", "slowdown": {0: 10.0}},  # peer 0 trains 10x slower
+        eval={"interval": 0.2},
+        runtime={"kind": "ray", "hosts": 2, "cpus_per_host": 1},
+    )
+    res = run(cfg, out=tmp_path / "wall")
+    s = res.summary
+    assert s["status"] == "completed" and s["time_mode"] == "wall"
+    assert s["rounds_completed"] == [25] * 8
+    m = s["messages"]
+    assert m["sent"] == m["delivered"] > 0 and m["in_flight"] == m["dropped"] == 0
+    rows = res.metrics()
+    # no global barrier: while the straggler was still early, fast peers ran far ahead
+    lags = [
+        max(r["round"] for r in rows if r["tick"] == t)
+        - next(r["round"] for r in rows if r["tick"] == t and r["peer"] == 0)
+        for t in {r["tick"] for r in rows}
+    ]
+    assert max(lags) >= 5, lags
+    assert s["final"]["mean_acc"] > 0.5
+
+
+def test_wall_time_survives_a_killed_host(ray_local: Any, tmp_path: Path) -> None:
+    cfg = small_config(
+        topology={"kind": "ring", "n": 8},
+        protocol={"kind": "gossip", "rounds": 400},
+        time={"mode": "wall", "limit": 30.0},
+        eval={"interval": 0.5},
+        runtime={
+            "kind": "ray",
+            "hosts": 2,
+            "cpus_per_host": 1,
+            "fail_hosts": {1: 0.3},
+            "on_host_failure": "continue",
+            "start_timeout": 120,
+        },
+    )
+    res = run(cfg, out=tmp_path / "wall-kill")
+    s = res.summary
+    assert s["status"] == "completed", s
+    assert [f["peers"] for f in s["host_failures"]] == [[4, 5, 6, 7]]
+    assert s["rounds_completed"][:4] == [400] * 4
+    assert {
+        r["peer"] for r in res.metrics() if r["tick"] == max(x["tick"] for x in res.metrics())
+    } == {0, 1, 2, 3}

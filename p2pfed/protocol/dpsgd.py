@@ -36,6 +36,7 @@ from p2pfed.protocol.core import (
     Event,
     Message,
     MessageArrived,
+    PeerDown,
     Protocol,
     Send,
     SetTimer,
@@ -67,6 +68,7 @@ class DPSGDState:
     inbox: dict[int, dict[int, np.ndarray]] = field(default_factory=dict)  # round -> sender
     stale_dropped: int = 0
     neighbours_skipped: int = 0
+    down: set[int] = field(default_factory=set)  # peers the runtime reported gone
 
 
 class DPSGD(Protocol[DPSGDState]):
@@ -122,6 +124,10 @@ class DPSGD(Protocol[DPSGDState]):
             and event.round == state.round
         ):
             return self._mix(state, force=True)
+        if isinstance(event, PeerDown):
+            state.down.add(event.peer)
+            if state.phase == "mixing":  # it may have been the last one waited for
+                return self._mix(state, force=False)
         return state, []
 
     def _train(self, state: DPSGDState) -> Train:
@@ -136,6 +142,7 @@ class DPSGD(Protocol[DPSGDState]):
         effects: list[Effect] = [
             Send(to=j, message=ModelShare(round=state.round, params=state.half))
             for j in topo.out_neighbours(self.peer)
+            if j not in state.down
         ]
         if self.round_timeout is not None:
             effects.append(SetTimer(self.round_timeout, "round_timeout", state.round))
@@ -162,7 +169,9 @@ class DPSGD(Protocol[DPSGDState]):
         received = state.inbox.get(state.round, {})
         expected = topo.in_neighbours(self.peer)
         missing = [j for j in expected if j not in received]
-        if missing and not force:
+        # a neighbour reported gone is not waited for; its weight stays here like a skip
+        alive_missing = [j for j in missing if j not in state.down]
+        if alive_missing and not force:
             return state, []
         # x_i <- W_ii x_i + sum_j W_ij x_j; a missing neighbour's weight stays with i.
         self_weight = topo.weight(self.peer, self.peer) + sum(
@@ -173,9 +182,11 @@ class DPSGD(Protocol[DPSGDState]):
             if j in received:
                 mixed += topo.weight(self.peer, j) * received[j]
         effects: list[Effect] = []
-        if missing:
-            state.neighbours_skipped += len(missing)
-            effects.append(Emit("neighbours_skipped", {"round": state.round, "peers": missing}))
+        if alive_missing:
+            state.neighbours_skipped += len(alive_missing)
+            effects.append(
+                Emit("neighbours_skipped", {"round": state.round, "peers": alive_missing})
+            )
         state.params = mixed.astype(np.float32)
         state.half = None
         state.inbox.pop(state.round, None)

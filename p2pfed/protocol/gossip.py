@@ -24,6 +24,7 @@ that arrives after the peer gave up waiting is still applied, so late replies ke
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -36,6 +37,7 @@ from p2pfed.protocol.core import (
     Event,
     Message,
     MessageArrived,
+    PeerDown,
     Protocol,
     Send,
     SetTimer,
@@ -75,6 +77,8 @@ class GossipState:
     sent: dict[int, np.ndarray] = field(default_factory=dict)  # nonce -> x_i as sent
     exchanges: int = 0
     timeouts: int = 0
+    partner: int = -1  # who the open request went to
+    down: set[int] = field(default_factory=set)  # peers the runtime reported gone
 
 
 class AsyncGossip(Protocol[GossipState]):
@@ -139,6 +143,13 @@ class AsyncGossip(Protocol[GossipState]):
                 return state, [Send(to=event.sender, message=reply)]
             if isinstance(msg, GossipReply):
                 return self._on_reply(state, msg)
+        if isinstance(event, PeerDown):
+            state.down.add(event.peer)
+            if state.phase == "waiting" and state.partner == event.peer:
+                # no reply will come: the exchange is void (the partner never applied it)
+                state.sent.pop(state.round, None)
+                return self._finish_round(state, [Emit("partner_down", {"gone": event.peer})])
+            return state, []
         if (
             isinstance(event, TimerFired)
             and event.tag == "reply_timeout"
@@ -153,8 +164,13 @@ class AsyncGossip(Protocol[GossipState]):
         return Train(params=state.params.astype(np.float32), epochs=self.epochs, steps=self.steps)
 
     def _start_exchange(self, state: GossipState) -> tuple[GossipState, list[Effect]]:
-        candidates = self.schedule.at(state.round).out_neighbours(self.peer)
-        partner = int(candidates[state.rng.integers(len(candidates))])
+        candidates: Sequence[int] = self.schedule.at(state.round).out_neighbours(self.peer)
+        if state.down:
+            candidates = [j for j in candidates if j not in state.down]
+            if not candidates:  # every neighbour is gone: keep training alone
+                return self._finish_round(state, [Emit("no_partner_up", {"round": state.round})])
+        partner = int(candidates[int(state.rng.integers(len(candidates)))])
+        state.partner = partner
         sent = state.params.astype(np.float32)
         state.sent[state.round] = sent
         while len(state.sent) > self.MAX_PENDING:

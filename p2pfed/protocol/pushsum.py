@@ -26,7 +26,7 @@ float64 weight.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -37,6 +37,7 @@ from p2pfed.protocol.core import (
     Event,
     Message,
     MessageArrived,
+    PeerDown,
     Protocol,
     Send,
     Started,
@@ -65,6 +66,7 @@ class PushSumState:
     round: int = 0
     phase: str = "idle"  # idle -> training -> ... -> done
     received: int = 0
+    down: set[int] = field(default_factory=set)  # peers the runtime reported gone
 
 
 class PushSum(Protocol[PushSumState]):
@@ -110,6 +112,9 @@ class PushSum(Protocol[PushSumState]):
         if isinstance(event, TrainingDone) and state.phase == "training":
             state.x += state.w * (np.asarray(event.params, np.float64) - event.base)
             return self._push(state)
+        if isinstance(event, PeerDown):
+            state.down.add(event.peer)
+            return state, []
         if isinstance(event, MessageArrived) and isinstance(event.message, PushSumShare):
             state.x += event.message.x
             state.w += float(event.message.w)
@@ -125,6 +130,8 @@ class PushSum(Protocol[PushSumState]):
             raise ProtocolError(f"push-sum needs a positive self weight at peer {self.peer}")
         effects: list[Effect] = []
         for j in topo.out_neighbours(self.peer):
+            if j in state.down:  # its share stays here: the survivors keep all the mass
+                continue
             share = topo.weight(j, self.peer)
             msg = PushSumShare(
                 round=state.round, x=(share * state.x).astype(np.float32), w=share * state.w

@@ -25,14 +25,22 @@ with per-peer random streams (:mod:`p2pfed.timing`) this makes a multi-host run 
 the in-process run bit for bit. (Earlier versions broke ties by global scheduling order,
 which only a single process can know; the new key changed tie order, not semantics.)
 
-Evaluation and termination are the driver's business (:mod:`p2pfed.runtime.virtual`).
+Wall time. Given a ``clock`` (seconds since the run started), the engine runs the same
+events in real time instead: an event is handled when its time has come, ``now`` is the
+clock's reading, a training run takes as long as it takes (a straggler's completion is
+delayed by ``slowdown - 1`` times its measured duration, without blocking the other peers
+of its host), and frames are sent at the current time with the network model's latency.
+The engine never reads a clock itself; the host that drives it owns one.
+
+Evaluation and termination are the driver's business (:mod:`p2pfed.runtime.virtual` under
+virtual time, the Ray runtime's wall loop under wall time).
 """
 
 from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -45,6 +53,7 @@ from p2pfed.protocol.core import (
     Emit,
     Event,
     MessageArrived,
+    PeerDown,
     Send,
     SetTimer,
     Started,
@@ -95,6 +104,7 @@ class PeerEngine:
         *,
         observer: RunObserver | None = None,
         taps: Sequence[Tap] = (),
+        clock: Callable[[], float] | None = None,
     ):
         self.peers: dict[int, PeerSlot] = {p.id: p for p in peers}
         if len(self.peers) != len(peers):
@@ -107,6 +117,7 @@ class PeerEngine:
         self.cost = cost
         self.observer: RunObserver = observer or NullObserver()
         self.taps = list(taps)
+        self.clock = clock  # None: virtual time
         self.now = 0.0  # time of the last event delivered
         self.events = 0  # events delivered (discarded ones not counted)
         self.completed = 0  # local rounds completed by all local peers
@@ -130,6 +141,14 @@ class PeerEngine:
         """Schedule ``Started`` for every local peer at time 0."""
         for i in sorted(self.peers):
             self._push(0.0, i, i, _EVENT, Started())
+
+    def peers_down(self, ids: Iterable[int], t: float) -> None:
+        """Tell every local peer still running, at time ``t``, that peers ``ids`` are gone."""
+        gone = sorted(ids)
+        for i in sorted(self.peers):
+            if not self.peers[i].done:
+                for j in gone:
+                    self._push(t, i, i, _EVENT, PeerDown(j))
 
     def accept(self, frames: Iterable[OutFrame]) -> None:
         """Queue frames that other engines sent to this engine's peers."""
@@ -188,11 +207,11 @@ class PeerEngine:
             peer = self.peers[target]
             if kind == _FRAME:
                 self._frames_queued -= 1
-                self.now = t
+                self.now = t if self.clock is None else max(t, self.clock())
                 self.events += 1
                 self._on_frame(peer, payload)
             elif not peer.done:
-                self.now = t
+                self.now = t if self.clock is None else max(t, self.clock())
                 self.events += 1
                 self._deliver(peer, payload)
         return self.events - before
@@ -225,8 +244,13 @@ class PeerEngine:
             result = peer.trainer.train(base, epochs=effect.epochs, steps=effect.steps)
             peer.training = True
             done = TrainingDone(result.params, base, result.loss, result.samples)
-            delay = self.cost.train_time(peer.id, result.samples)
-            self._push(self.now + delay, peer.id, peer.id, _EVENT, done)
+            if self.clock is None:
+                at = self.now + self.cost.train_time(peer.id, result.samples)
+            else:  # it took real time; a straggler's result comes later still
+                finished = self.clock()
+                at = finished + (finished - self.now) * (float(self.cost.slowdown[peer.id]) - 1)
+                self.now = finished
+            self._push(at, peer.id, peer.id, _EVENT, done)
         elif isinstance(effect, SetTimer):
             fired = TimerFired(effect.tag, effect.round)
             self._push(self.now + effect.delay, peer.id, peer.id, _EVENT, fired)
@@ -247,6 +271,8 @@ class PeerEngine:
             raise ProtocolError(f"peer {src} tried to send to invalid peer {dst}")
         frame, size = self.codec.encode(src, dst, effect.message)
         kind = type(effect.message).__name__
+        if self.clock is not None:
+            self.now = max(self.now, self.clock())
         for tap in self.taps:
             tap(self.now, src, dst, frame)
         tx = self.network.transmit(src, size.total, self.now)

@@ -33,11 +33,13 @@ answers, a cluster too small for the requested hosts, hosts that cannot be place
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import math
 import os
 import socket
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -129,6 +131,15 @@ class PeerHost:
     def __init__(self, index: int):
         self.index = index
         self.engine: PeerEngine | None = None
+        # wall time: a loop thread plus concurrent deliver/status/snapshot calls
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._inbox: collections.deque[dict[str, np.ndarray]] = collections.deque()
+        self._pending_out: list[OutFrame] = []
+        self._hosts: list[Any] = []
+        self._sent_to: list[int] = []
+        self._received_from: dict[int, int] = {}
+        self._stop = False
         self.owner = np.zeros(0, dtype=np.int64)
         self.num_hosts = 0
         self.recorder = BufferObserver()
@@ -199,11 +210,98 @@ class PeerHost:
 
     def snapshot(self) -> Snapshot:
         assert self.engine is not None
-        return self.engine.snapshot()
+        with self._lock:
+            return self.engine.snapshot()
 
     def reports(self) -> list[PeerReport]:
         assert self.engine is not None
-        return self.engine.reports()
+        with self._lock:
+            return self.engine.reports()
+
+    # --- wall time: the host runs its own loop; the driver only watches -----------------
+
+    def run_wall(self, t0: float, hosts: list[Any], flush_s: float) -> dict[str, Any]:
+        """Run this host's peers in real time until :meth:`stop` (see WallLoop)."""
+        engine = self.engine
+        assert engine is not None, "setup() first"
+        engine.clock = lambda: time.time() - t0
+        self._hosts = hosts
+        self._sent_to = [0] * len(hosts)
+        delay = t0 - time.time()
+        if delay > 0:
+            self._wake.wait(delay)
+        with self._lock:
+            engine.start()
+        last_flush = time.monotonic()
+        while not self._stop:
+            with self._lock:
+                while self._inbox:
+                    engine.accept(unpack_frames(self._inbox.popleft()))
+                self._wake.clear()
+                engine.advance(engine.clock(), inclusive=True)
+                out = engine.take_outbox()
+                wait = engine.next_time() - engine.clock()
+            self._pending_out += out
+            if self._pending_out and (
+                wait > 0 or len(self._pending_out) >= 256 or time.monotonic() - last_flush > flush_s
+            ):
+                self._flush()
+                last_flush = time.monotonic()
+            if wait > 0:
+                self._wake.wait(min(wait, 0.05))
+        self._flush()
+        return self.status()
+
+    def _flush(self) -> None:
+        by_host: list[list[OutFrame]] = [[] for _ in self._hosts]
+        for f in self._pending_out:
+            by_host[int(self.owner[f.dst])].append(f)
+        self._pending_out = []
+        for h, frames in enumerate(by_host):
+            if frames:
+                self._sent_to[h] += len(frames)
+                self._hosts[h].deliver.remote(self.index, pack_frames(frames))
+
+    def peers_down(self, ids: list[int], t: float | None) -> None:
+        """Peers ``ids`` died with their host; ``t`` None means now (wall time)."""
+        engine = self.engine
+        assert engine is not None
+        with self._lock:
+            at = t if t is not None else (engine.clock() if engine.clock else engine.now)
+            engine.peers_down(ids, at)
+        self._wake.set()
+
+    def deliver(self, src_host: int, batch: dict[str, np.ndarray]) -> None:
+        """Frames from another host (wall time); they land at their arrival time."""
+        self._inbox.append(batch)
+        self._received_from[src_host] = (
+            self._received_from.get(src_host, 0) + len(batch["offsets"]) - 1
+        )
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop = True
+        self._wake.set()
+
+    def status(self) -> dict[str, Any]:
+        """Counters for the wall-time driver (and the records to replay)."""
+        engine = self.engine
+        assert engine is not None
+        with self._lock:
+            return {
+                "next_time": engine.next_time(),
+                "pending": engine.pending + len(self._inbox),
+                "frames_pending": engine.frames_pending,
+                "done": engine.done,
+                "completed": engine.completed,
+                "events": engine.events,
+                "now": engine.now,
+                "frames": dict(engine.frames),
+                "sent_to": list(self._sent_to),
+                "received_from": dict(self._received_from),
+                "unsent": len(self._pending_out) + sum(len(b["offsets"]) - 1 for b in self._inbox),
+                "records": self.recorder.drain(),
+            }
 
 
 # --- connecting and placing -----------------------------------------------------------
@@ -370,7 +468,9 @@ class RayRuntime:
                 host_device = device
             else:  # the coordinator aggregates; it needs no core of its own
                 opts, host_device = {"num_cpus": 0}, "cpu"
-            actor = remote_host.options(max_restarts=0, **opts).remote(h)
+            # threaded: under wall time the host's loop runs while deliveries and the
+            # driver's status and snapshot calls come in
+            actor = remote_host.options(max_restarts=0, max_concurrency=8, **opts).remote(h)
             self.hosts.append(_Host(h, actor, ids))
             setups.append(
                 actor.setup.remote(
@@ -421,6 +521,8 @@ class RayRuntime:
                     "device": h.info.get("device"),
                 },
             )
+        if cfg.time.mode == "wall":
+            return _WallDriver(self, observer).run()
         driver = _Driver(self, observer)
         outcome = run_virtual(
             driver,
@@ -434,6 +536,40 @@ class RayRuntime:
         )
         outcome.frames["dropped"] = driver.dropped
         return outcome
+
+    def host_failed(self, host: _Host, t: float, exc: BaseException, observer: RunObserver) -> int:
+        """Record a dead host and apply the failure policy (raise to stop the run); returns
+        the frames lost with it (those it held queued, as last reported)."""
+        host.alive = False
+        dropped = int(host.last.get("frames_pending", 0)) if host.last else 0
+        self.failures.append(
+            {"host": host.index, "node": host.info.get("node"), "peers": host.peers, "t": t}
+        )
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        observer.peer_event(
+            t, host.peers[0], "host_failed", {"host": host.index, "peers": host.peers}
+        )
+        rcfg, coordinator = self.config.runtime, self.plan.coordinator
+        policy = rcfg.on_host_failure or ("stop" if coordinator is not None else "continue")
+        if coordinator is not None and coordinator in host.peers:
+            raise RuntimeFailure(
+                f"the coordinator's PeerHost {host.index} died near t={t:.3f}s ({reason}); "
+                "a star protocol cannot go on without it"
+            )
+        if policy == "stop":
+            raise RuntimeFailure(
+                f"PeerHost {host.index} died near t={t:.3f}s carrying peers "
+                f"{_span(host.peers)} ({reason}); runtime.on_host_failure is stop"
+            )
+        return dropped
+
+    def announce_down(self, host: _Host, t: float | None) -> None:
+        """Deliver ``PeerDown`` for the dead host's peers to every peer still running (at
+        ``t`` under virtual time, at once under wall time), so neighbours stop waiting."""
+        refs = [h.actor.peers_down.remote(host.peers, t) for h in self.hosts if h.alive]
+        for ref in refs:
+            with contextlib.suppress(RayActorError):  # a second death shows at its next call
+                ray.get(ref, timeout=60)
 
     def peer_reports(self) -> list[PeerReport]:
         out: list[PeerReport] = []
@@ -584,35 +720,8 @@ class _Driver:
                 getattr(self.observer, name)(*args)
 
     def _host_died(self, host: _Host, exc: BaseException) -> None:
-        host.alive = False
-        if host.last:
-            self.dropped += host.last.get("frames_pending", 0)
-        t = self.window_end
-        info = {
-            "host": host.index,
-            "node": host.info.get("node"),
-            "peers": host.peers,
-            "t": t,
-            "wall": time.time(),
-        }
-        self.rt.failures.append(info)
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        self.observer.peer_event(
-            t, host.peers[0], "host_failed", {"host": host.index, "peers": host.peers}
-        )
-        rcfg = self.rt.config.runtime
-        coordinator = self.rt.plan.coordinator
-        policy = rcfg.on_host_failure or ("stop" if coordinator is not None else "continue")
-        if coordinator is not None and coordinator in host.peers:
-            raise RuntimeFailure(
-                f"the coordinator's PeerHost {host.index} died near t={t:.3f}s ({reason}); "
-                "a star protocol cannot go on without it"
-            )
-        if policy == "stop":
-            raise RuntimeFailure(
-                f"PeerHost {host.index} died near t={t:.3f}s carrying peers "
-                f"{_span(host.peers)} ({reason}); runtime.on_host_failure is stop"
-            )
+        self.dropped += self.rt.host_failed(host, self.window_end, exc, self.observer)
+        self.rt.announce_down(host, self.window_end)
 
 
 def _span(ids: Sequence[int]) -> str:
@@ -622,3 +731,161 @@ def _span(ids: Sequence[int]) -> str:
 
 
 __all__ = ["FRAME_COUNTERS", "HostPlan", "PeerHost", "RayRuntime", "connect", "plan_hosts"]
+
+
+class _WallDriver:
+    """Wall time: every host runs its own loop (``PeerHost.run_wall``); frames go host to
+    host as soon as they are flushed; the driver only watches — it polls the hosts'
+    counters, evaluates snapshots every ``eval.interval`` wall seconds, and ends the run
+    once every peer has stopped and every frame sent has been received (or at
+    ``time.limit``). There is no global barrier anywhere.
+    """
+
+    POLL_S = 0.05  # how often the driver looks at the hosts
+    FLUSH_S = 0.005  # the longest a host holds frames back to batch them
+    START_S = 1.0  # hosts start their clocks together, this long after the driver asks
+    STALL_S = 5.0  # nothing pending anywhere for this long while peers wait: a deadlock
+
+    def __init__(self, runtime: RayRuntime, observer: RunObserver):
+        self.rt = runtime
+        self.observer = observer
+        self.evaluate = Evaluation(
+            _driver_evaluator(runtime.world), runtime.world.num_peers, observer
+        )
+        self.status: dict[int, dict[str, Any]] = {}
+        self.dropped = 0
+        self.t0 = time.time() + self.START_S
+
+    def _alive(self) -> list[_Host]:
+        return [h for h in self.rt.hosts if h.alive]
+
+    def _snapshot(self) -> list[Snapshot]:
+        snaps = []
+        for h in self._alive():
+            try:
+                h.snapshot = ray.get(h.actor.snapshot.remote())
+            except RayActorError as exc:
+                self._host_died(h, exc)
+                continue
+            snaps.append(h.snapshot)
+        return snaps
+
+    def _poll(self) -> None:
+        alive = self._alive()
+        refs = [h.actor.status.remote() for h in alive]
+        for h, ref in zip(alive, refs, strict=True):
+            try:
+                st = ray.get(ref)
+            except RayActorError as exc:
+                self._host_died(h, exc)
+                continue
+            self.status[h.index] = st
+            for name, args in st.pop("records"):
+                if name == "tap":
+                    for tap in self.rt.taps:
+                        tap(*args)
+                else:
+                    getattr(self.observer, name)(*args)
+
+    def _host_died(self, host: _Host, exc: BaseException) -> None:
+        t = time.time() - self.t0
+        self.dropped += self.rt.host_failed(host, t, exc, self.observer)
+        self.rt.announce_down(host, None)
+
+    def _quiet(self) -> bool:
+        """No frame anywhere: none queued, none unsent, every pair's counts balance."""
+        alive = {h.index for h in self._alive()}
+        st = {i: self.status[i] for i in alive if i in self.status}
+        if len(st) < len(alive):
+            return False
+        if any(s["frames_pending"] or s["unsent"] for s in st.values()):
+            return False
+        return all(
+            st[a]["sent_to"][b] == st[b]["received_from"].get(a, 0)
+            for a in st
+            for b in st
+            if a != b
+        )
+
+    def _done(self) -> int:
+        dead = sum(len(h.peers) for h in self.rt.hosts if not h.alive)
+        return dead + sum(
+            self.status[h.index]["done"] for h in self._alive() if h.index in self.status
+        )
+
+    def run(self) -> RunOutcome:
+        rt, cfg = self.rt, self.rt.config
+        world = rt.world
+        interval = float(cfg.eval.interval or 1.0)
+        limit = cfg.time.limit
+        total = world.total_rounds
+        self.observer.progress(0.0, 0, total)
+        self.evaluate(0.0, self._snapshot())
+        self.t0 = time.time() + self.START_S  # after the first evaluation
+        handles = [h.actor for h in rt.hosts]
+        loops = {h.index: h.actor.run_wall.remote(self.t0, handles, self.FLUSH_S) for h in rt.hosts}
+        tick, status, quiet_since = interval, "completed", None
+        try:
+            while True:
+                time.sleep(self.POLL_S)
+                now = time.time() - self.t0
+                for index, at in cfg.runtime.fail_hosts.items():
+                    if index < len(rt.hosts) and rt.hosts[index].alive and now > at:
+                        ray.kill(rt.hosts[index].actor, no_restart=True)  # fault injection
+                self._poll()
+                completed = sum(s["completed"] for s in self.status.values())
+                self.observer.progress(max(now, 0.0), completed, total)
+                if now >= tick:
+                    self.evaluate(now, self._snapshot())
+                    tick = max(tick + interval, now)
+                done, quiet = self._done() >= world.participants, self._quiet()
+                if done and quiet:
+                    break
+                if limit is not None and now >= limit:
+                    status = "time_limit"
+                    break
+                idle = quiet and not any(
+                    s["pending"] for i, s in self.status.items() if rt.hosts[i].alive
+                )
+                if not idle:
+                    quiet_since = None
+                elif quiet_since is None:
+                    quiet_since = now
+                elif now - quiet_since > self.STALL_S:
+                    raise RuntimeFailure(
+                        f"nothing left to happen at t={now:.1f}s while "
+                        f"{world.participants - self._done()} peers still wait "
+                        "(a lost message with no timeout? set protocol.timeout)"
+                    )
+        finally:
+            for h in self._alive():
+                h.actor.stop.remote()
+            for index, ref in loops.items():
+                host = rt.hosts[index]
+                if not host.alive:
+                    continue
+                try:
+                    st = ray.get(ref, timeout=60)
+                except RayActorError as exc:
+                    self._host_died(host, exc)
+                    continue
+                except RayTaskError as exc:
+                    raise _cause(exc) from None
+                self.status[index] = st
+        for st in self.status.values():
+            for name, args in st.pop("records", []):
+                if name != "tap":
+                    getattr(self.observer, name)(*args)
+                else:
+                    for tap in rt.taps:
+                        tap(*args)
+        now = time.time() - self.t0
+        final = self.evaluate(
+            now if status == "completed" else float(limit or now), self._snapshot()
+        )
+        frames = frame_totals(s["frames"] for s in self.status.values())
+        accounted = frames["delivered"] + frames["lost"] + frames["rejected"]
+        frames["in_flight"] = max(frames["sent"] - accounted, 0) if status != "completed" else 0
+        frames["dropped"] = self.dropped
+        events = sum(s["events"] for s in self.status.values())
+        return RunOutcome(status, now, events, final, frames)
