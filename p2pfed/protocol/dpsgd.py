@@ -20,6 +20,10 @@ dropped and counted.
 
 ``W^r`` must be doubly stochastic (Metropolis–Hastings weights or a one-peer exponential
 graph); push-sum handles everything else.
+
+A neighbour the runtime reports gone (:class:`PeerDown`, after its host died) is no longer
+sent to or waited for; its weight stays with the peer, exactly like a timeout skip but
+without waiting for one.
 """
 
 from __future__ import annotations

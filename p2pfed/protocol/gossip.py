@@ -20,6 +20,10 @@ peer adds ``params - base`` (its local progress) to whatever its model has becom
 A lost request costs one round; a lost reply makes the pair disagree about the correction
 (j applied it, i did not), which is exactly what a lossy link does to real gossip. A reply
 that arrives after the peer gave up waiting is still applied, so late replies keep the sum.
+
+A neighbour reported gone (:class:`PeerDown`) is never chosen again; a request waiting on it
+is abandoned at once (``partner_down``), and a peer whose neighbours are all gone keeps
+training alone.
 """
 
 from __future__ import annotations

@@ -22,6 +22,9 @@ survived.
 
 Precision: x and w are float64 inside the state; shares travel as float32 numerators and a
 float64 weight.
+
+A neighbour reported gone (:class:`PeerDown`) gets no more shares; its column weight stays
+with the sender, so the survivors keep all the mass they hold.
 """
 
 from __future__ import annotations
