@@ -309,3 +309,11 @@ def test_wall_time_survives_a_killed_host(ray_local: Any, tmp_path: Path) -> Non
     assert {
         r["peer"] for r in res.metrics() if r["tick"] == max(x["tick"] for x in res.metrics())
     } == {0, 1, 2, 3}
+
+
+def test_gpu_hosts_on_a_cluster_without_gpus_is_one_clear_error(
+    ray_local: Any, tmp_path: Path
+) -> None:
+    cfg = small_config(runtime={"kind": "ray", "device": "cuda", "gpus_per_host": 0.5})
+    with pytest.raises(RuntimeFailure, match=r"need 0.5 GPUs but the Ray cluster has 0"):
+        run(cfg, out=tmp_path / "gpu")

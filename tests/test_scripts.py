@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import re
 import subprocess
 import sys
@@ -53,3 +55,34 @@ def test_compare_protocols_runs_every_protocol_and_condition(tmp_path: Path) -> 
 def test_bench_device_runs_on_the_cpu(tmp_path: Path) -> None:
     out = _run("bench_device.py", "--rounds", "1", "--peers", "4", "--out", str(tmp_path))
     assert re.search(r"^cpu\s+\d+\.\d+\s+\d\.\d{4}\s+cpu$", out, re.MULTILINE), out
+
+
+def test_bench_runtime_without_ray_prints_bare_and_engine_seconds(tmp_path: Path) -> None:
+    rows = tmp_path / "rows.json"
+    out = _run(
+        "bench_runtime.py",
+        *("--peers", "4", "--rounds", "2", "--protocols", "fedavg", "--skip-ray"),
+        *("--repeat", "1", "--out", str(tmp_path), "--json", str(rows)),
+    )
+    assert re.search(r"^\s+N protocol\s+bare s/rnd\s+engine s/rnd\s+ray s/rnd", out, re.M), out
+    row = re.search(r"^\s+4 fedavg\s+(\d+\.\d{4})\s+(\d+\.\d{4})(?:\s+-){4}$", out, re.M)
+    assert row, out
+    bare, engine = map(float, row.groups())
+    # 45 minibatch steps of a 64-64-10 MLP per round: milliseconds, not nothing, not seconds
+    assert 0 < bare < 1 and 0 < engine < 1
+    assert "targets: skipped" in out
+    (only,) = json.loads(rows.read_text())["rows"]
+    assert only["ray"] is None and only["bare"] == pytest.approx(bare, abs=1e-4)
+    # both trained: better than chance (0.1) on digits after 2 rounds
+    assert only["detail"]["bare"][0]["mean_acc"] > 0.15
+    assert only["detail"]["engine"][0]["mean_acc"] > 0.15
+
+
+def test_bench_flower_runs_or_says_flower_is_missing() -> None:
+    out = _run("bench_flower.py", "--peers", "4", "--rounds", "2")
+    if importlib.util.find_spec("flwr") is None:  # the script runs in this interpreter
+        assert out.strip().splitlines() == [
+            "Flower (flwr) is not installed: nothing to compare (pip install 'flwr[simulation]')"
+        ]
+    else:
+        assert re.search(r"^\s+4 fedavg\s+\d+\.\d{4}\s+\d+\.\d{4}\s+\d+\.\d{2}", out, re.M), out
