@@ -7,7 +7,9 @@ host per CPU (or per GPU share) and many peers per host. Peer state — model, o
 shard, protocol state — is built inside its host from the shared, read-only
 :class:`~p2pfed.experiment.World` (put in the object store once; numpy data is read
 zero-copy) and stays there for the whole run. A protocol with a coordinator gets its own
-small host for it, outside the CPU budget. Hosts are placed with a placement group using
+small host for it, outside the CPU budget; that host also keeps the coordinator's
+:class:`~p2pfed.runtime.directory.Directory` — the peer registry (filled at start-up, pruned
+when a host dies) and the public-key directory the secure protocols publish to. Hosts are placed with a placement group using
 the ``SPREAD`` strategy, so on a cluster they land on as many nodes as possible.
 
 Transport. Under virtual time the driver advances all hosts in windows (see
@@ -51,9 +53,10 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from p2pfed.errors import P2PFedError, RuntimeFailure
+from p2pfed.errors import P2PFedError, ProtocolError, RuntimeFailure
 from p2pfed.protocol.codec import FrameSize
 from p2pfed.runtime.base import MetricRow, PeerReport, RunObserver, Tap
+from p2pfed.runtime.directory import Directory, Placement, PublishedKey
 from p2pfed.runtime.engine import FRAME_COUNTERS, OutFrame, PeerEngine, Snapshot, frame_totals
 from p2pfed.runtime.virtual import Evaluation, HostsState, RunOutcome, run_virtual
 
@@ -140,6 +143,7 @@ class PeerHost:
         self._sent_to: list[int] = []
         self._received_from: dict[int, int] = {}
         self._stop = False
+        self.directory: Directory | None = None
         self.owner = np.zeros(0, dtype=np.int64)
         self.num_hosts = 0
         self.recorder = BufferObserver()
@@ -162,6 +166,8 @@ class PeerHost:
         peers = build_peers(world, ids, device)
         self.owner = np.asarray(owner)
         self.num_hosts = int(self.owner.max()) + 1
+        if world.participants > world.num_peers and world.num_peers in ids:
+            self.directory = Directory()  # this host carries the coordinator
         self.engine = PeerEngine(
             peers,
             world.participants,
@@ -207,6 +213,37 @@ class PeerHost:
             "records": self.recorder.drain(),
         }
         return (report, *(pack_frames(b) if b else None for b in by_host))
+
+    # --- the coordinator's directory (only on the host that carries the coordinator) -------
+
+    def _dir(self) -> Directory:
+        if self.directory is None:
+            raise ProtocolError(f"PeerHost {self.index} does not carry the coordinator")
+        return self.directory
+
+    def register(self, entries: list[tuple[int, int, str | None]]) -> None:
+        """Record (peer, host, node) placements in the registry."""
+        with self._lock:
+            directory = self._dir()
+            for peer, host, node in entries:
+                directory.register(peer, host, node)
+
+    def unregister_host(self, host: int) -> list[int]:
+        with self._lock:
+            return self._dir().unregister_host(host)
+
+    def registry(self) -> dict[int, Placement]:
+        with self._lock:
+            directory = self._dir()
+            return {p: directory.placement(p) for p in directory.peers()}
+
+    def publish_key(self, peer: int, purpose: str, key: bytes, epoch: int = 0) -> None:
+        with self._lock:
+            self._dir().publish(peer, purpose, key, epoch)
+
+    def lookup_key(self, peer: int, purpose: str) -> PublishedKey:
+        with self._lock:
+            return self._dir().lookup(peer, purpose)
 
     def snapshot(self) -> Snapshot:
         assert self.engine is not None
@@ -488,6 +525,16 @@ class RayRuntime:
             raise _cause(exc) from None
         for host, info in zip(self.hosts, infos, strict=True):
             host.info = info
+        if plan.coordinator is not None:
+            entries = [(p, h.index, h.info.get("node")) for h in self.hosts for p in h.peers]
+            ray.get(self.coordinator.actor.register.remote(entries), timeout=rcfg.start_timeout)
+
+    @property
+    def coordinator(self) -> _Host:
+        """The host that carries the coordinator and its directory (coordinator protocols)."""
+        if self.plan.coordinator is None:
+            raise RuntimeFailure(f"protocol {self.config.protocol.kind} has no coordinator")
+        return self.hosts[-1]
 
     @property
     def placement(self) -> list[dict[str, Any]]:
@@ -542,6 +589,9 @@ class RayRuntime:
         the frames lost with it (those it held queued, as last reported)."""
         host.alive = False
         dropped = int(host.last.get("frames_pending", 0)) if host.last else 0
+        if self.plan.coordinator is not None and self.plan.coordinator not in host.peers:
+            with contextlib.suppress(RayActorError):  # the coordinator's own death shows below
+                ray.get(self.coordinator.actor.unregister_host.remote(host.index), timeout=60)
         self.failures.append(
             {"host": host.index, "node": host.info.get("node"), "peers": host.peers, "t": t}
         )
