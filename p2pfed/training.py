@@ -19,7 +19,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 from p2pfed.fields import Real
-from p2pfed.models import get_flat, set_flat
+from p2pfed.models import FlatParams
 
 
 class TrainingConfig(BaseModel):
@@ -82,6 +82,7 @@ class LocalTrainer:
         if len(x) == 0:
             raise ValueError("a peer needs at least one training sample")
         self.model = model.to(device)
+        self.flat = FlatParams(self.model)
         self.device = device
         self._x = torch.as_tensor(x, dtype=torch.float32, device=device)  # (N, F)
         self._y = torch.as_tensor(y, dtype=torch.int64, device=device)  # (N,)
@@ -123,7 +124,7 @@ class LocalTrainer:
         return batch
 
     def train(self, params: np.ndarray, epochs: int = 1, steps: int | None = None) -> TrainResult:
-        set_flat(self.model, params)
+        self.flat.set(params)
         self.model.train()
         total, seen = 0.0, 0
         for _ in range(self.steps_for(epochs, steps)):
@@ -135,7 +136,7 @@ class LocalTrainer:
             self.optimizer.step()
             total += float(loss.detach()) * len(idx)
             seen += len(idx)
-        return TrainResult(params=get_flat(self.model), loss=total / max(seen, 1), samples=seen)
+        return TrainResult(params=self.flat.get(), loss=total / max(seen, 1), samples=seen)
 
 
 @dataclass(frozen=True)
@@ -151,12 +152,13 @@ class Evaluator:
 
     def __init__(self, model: torch.nn.Module, x: np.ndarray, y: np.ndarray, device: str = "cpu"):
         self.model = model.to(device)
+        self.flat = FlatParams(self.model)
         self._x = torch.as_tensor(x, dtype=torch.float32, device=device)  # (T, F)
         self._y = torch.as_tensor(y, dtype=torch.int64, device=device)  # (T,)
 
     @torch.no_grad()
     def evaluate(self, params: np.ndarray) -> Evaluation:
-        set_flat(self.model, params)
+        self.flat.set(params)
         self.model.eval()
         logits = self.model(self._x)  # (T, C)
         loss = torch.nn.functional.cross_entropy(logits, self._y)

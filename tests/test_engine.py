@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import p2pfed
-from p2pfed.config import load_config
+from p2pfed.config import config_from_mapping, load_config
 from p2pfed.data import load_dataset
 from p2pfed.errors import P2PFedError
 from p2pfed.experiment import build
@@ -290,3 +290,18 @@ def test_progress_bar_mode_runs(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert res.summary["status"] == "completed"
     err = capsys.readouterr().err
     assert "24/24 rounds" in err and "0/1 rounds" not in err
+
+
+def test_an_engine_refuses_a_frame_from_its_past() -> None:
+    """Conservative windows make a late frame impossible; if one comes anyway (a peer sent
+    outside the planned topology) the engine fails instead of reordering history."""
+    from p2pfed.errors import ProtocolError
+    from p2pfed.runtime.engine import OutFrame, PeerEngine
+
+    built = build(config_from_mapping(small_config()))
+    engine = PeerEngine(built.peers[:3], 6, built.codec, built.network, built.cost)
+    engine.start()
+    engine.advance(0.5)
+    assert engine.now > 0 and engine.outbox  # peers 0 and 2 sent to ring neighbours 5 and 3
+    with pytest.raises(ProtocolError, match="already at"):
+        engine.accept([OutFrame(engine.now / 2, 0, 5, 0, b"")])

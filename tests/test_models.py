@@ -10,7 +10,14 @@ from pydantic import ValidationError
 import p2pfed.models as models_pkg
 from p2pfed.data import DataConfig, load_dataset
 from p2pfed.errors import ModelError
-from p2pfed.models import ModelConfig, build_model, get_flat, num_parameters, set_flat
+from p2pfed.models import (
+    FlatParams,
+    ModelConfig,
+    build_model,
+    get_flat,
+    num_parameters,
+    set_flat,
+)
 
 KINDS = ["logreg", "mlp", "cnn"]
 SHAPES = [(64, (1, 8, 8)), (784, (1, 28, 28))]  # digits, mnist
@@ -187,3 +194,21 @@ def test_model_config_is_frozen_and_hashable() -> None:
 def test_public_api_is_complete() -> None:
     for name in models_pkg.__all__:
         assert hasattr(models_pkg, name), name
+
+
+@pytest.mark.parametrize("kind", ["logreg", "mlp", "cnn"])
+def test_flat_params_agrees_with_get_and_set_flat(kind: str) -> None:
+    model = build_model(ModelConfig(kind=kind), 64, 10, (1, 8, 8), seed=1)  # type: ignore[arg-type]
+    fast = FlatParams(model)
+    assert np.array_equal(fast.get(), get_flat(model))
+    other = get_flat(build_model(ModelConfig(kind=kind), 64, 10, (1, 8, 8), seed=2))  # type: ignore[arg-type]
+    readonly = other.copy()
+    readonly.flags.writeable = False  # a decoded frame is read-only
+    fast.set(readonly)
+    assert np.array_equal(get_flat(model), other)
+    got = fast.get()
+    got[:] = 0.0  # a copy, not a view of the weights
+    assert np.array_equal(fast.get(), other)
+    for bad in (np.zeros(3, np.float32), np.zeros(fast.size, np.int64)):
+        with pytest.raises(ModelError, match=rf"{fast.size}|floating"):
+            fast.set(bad)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 import time
@@ -38,22 +39,29 @@ def _pair(tmp_path: Path, name: str, **sections: Any) -> tuple[Any, Any]:
     return local, on_ray
 
 
+RR10 = {"kind": "random_regular", "n": 10, "degree": 4}
+
+
 @pytest.mark.parametrize(
-    "protocol",
+    ("protocol", "topology"),
     [
-        {"kind": "dpsgd", "rounds": 5},
-        {"kind": "gossip", "rounds": 5},
-        {"kind": "pushsum", "rounds": 5},
+        ({"kind": "dpsgd", "rounds": 5}, RR10),
+        ({"kind": "gossip", "rounds": 5}, RR10),
+        ({"kind": "pushsum", "rounds": 5}, RR10),
+        # a periodic time-varying schedule, and one with no period (every host may talk to
+        # every other): the hosts' horizons come from different channel graphs
+        ({"kind": "pushsum", "rounds": 6}, {"kind": "one_peer_exponential", "n": 10}),
+        ({"kind": "dpsgd", "rounds": 5}, {"kind": "random_regular_dynamic", "n": 10, "degree": 2}),
     ],
 )
 def test_four_hosts_reproduce_the_in_process_run_exactly(
-    ray_local: Any, tmp_path: Path, protocol: dict[str, Any]
+    ray_local: Any, tmp_path: Path, protocol: dict[str, Any], topology: dict[str, Any]
 ) -> None:
     # asynchrony everywhere: stragglers, compute jitter, random latency, loss
     local, on_ray = _pair(
         tmp_path,
-        protocol["kind"],
-        topology={"kind": "random_regular", "n": 10, "degree": 4},
+        protocol["kind"] + topology["kind"],
+        topology=topology,
         protocol=protocol,
         time={"compute_jitter": 0.4, "stragglers": {"fraction": 0.3, "slowdown": 3.0}},
         network={"latency": {"min": 0.002, "dist": "exponential", "scale": 0.01}, "loss": 0.1},
@@ -177,12 +185,15 @@ def test_frame_batches_round_trip() -> None:
     assert all(isinstance(v, np.ndarray) for v in batch.values())
 
 
-def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def _cli(
+    *args: str, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "p2pfed.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
+        env=None if env is None else {**os.environ, **env},
     )
 
 
@@ -209,6 +220,9 @@ def test_unreachable_address_fails_fast_with_one_line(tmp_path: Path) -> None:
 def test_address_auto_joins_the_instance_running_on_this_machine(
     ray_local: Any, tmp_path: Path
 ) -> None:
+    # auto follows RAY_ADDRESS, else the newest cluster on this machine (which on a shared
+    # machine may be someone else's): point it at this session's instance
+    gcs = ray_local.get_runtime_context().gcs_address
     out = _cli(
         "run",
         "--address",
@@ -223,6 +237,7 @@ def test_address_auto_joins_the_instance_running_on_this_machine(
         "runtime.hosts=2",
         "--set",
         "runtime.cpus_per_host=0.5",
+        env={"RAY_ADDRESS": gcs},
     )
     assert out.returncode == 0, out.stderr
     summary = json.loads((tmp_path / "auto" / "summary.json").read_text())

@@ -155,6 +155,13 @@ class PeerEngine:
         for f in frames:
             if f.dst not in self.peers:
                 raise ProtocolError(f"frame for peer {f.dst} reached an engine that lacks it")
+            if self.clock is None and self.events and f.arrive <= self.now:
+                # conservative windows make this impossible unless a peer sent outside the
+                # topology the runtime planned its windows from: fail, never reorder silently
+                raise ProtocolError(
+                    f"frame from peer {f.src} to {f.dst} arrives at t={f.arrive:.6f}s, but "
+                    f"this host is already at t={self.now:.6f}s (a send outside the topology?)"
+                )
             heapq.heappush(self._heap, (f.arrive, f.dst, f.src, f.seq, _FRAME, (f.src, f.frame)))
             self._frames_queued += 1
 

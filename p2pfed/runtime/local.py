@@ -8,7 +8,6 @@ actors and reproduces this runtime's metrics exactly (see :mod:`p2pfed.runtime.e
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 from p2pfed.protocol.codec import Codec
@@ -100,7 +99,6 @@ class LocalRuntime:
             _OneHost(self.engine),
             participants=len(self.peers),
             total_rounds=sum(p.protocol.rounds for p in self.peers),
-            lookahead=math.inf,
             eval_interval=self.eval_interval,
             time_limit=self.time_limit,
             evaluate=self.evaluation,

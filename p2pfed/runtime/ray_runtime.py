@@ -9,8 +9,9 @@ shard, protocol state — is built inside its host from the shared, read-only
 zero-copy) and stays there for the whole run. A protocol with a coordinator gets its own
 small host for it, outside the CPU budget; that host also keeps the coordinator's
 :class:`~p2pfed.runtime.directory.Directory` — the peer registry (filled at start-up, pruned
-when a host dies) and the public-key directory the secure protocols publish to. Hosts are placed with a placement group using
-the ``SPREAD`` strategy, so on a cluster they land on as many nodes as possible.
+when a host dies) and the public-key directory the secure protocols publish to. Hosts are
+placed with a placement group using the ``SPREAD`` strategy, so on a cluster they land on as
+many nodes as possible.
 
 Transport. Under virtual time the driver advances all hosts in windows (see
 :mod:`p2pfed.runtime.virtual`). One ``step`` call per host per window: it takes the frames
@@ -43,7 +44,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -477,10 +478,16 @@ class RayRuntime:
         try:
             ray.get(self._pg.ready(), timeout=rcfg.start_timeout)
         except GetTimeoutError:
+            total, free = ray.cluster_resources(), ray.available_resources()
+            have = ", ".join(
+                f"{total.get(r, 0):g} {r}s ({free.get(r, 0):g} free)"
+                for r in ("CPU", "GPU")
+                if r in total or r in bundles[0]
+            )
             raise RuntimeFailure(
                 f"the Ray cluster could not place {len(bundles)} PeerHosts "
-                f"({bundles[0]} each) within {rcfg.start_timeout:g}s "
-                f"(cluster has {ray.cluster_resources()})"
+                f"({', '.join(f'{v:g} {k}' for k, v in bundles[0].items())} each) within "
+                f"{rcfg.start_timeout:g}s: it has {have} — other jobs may hold them"
             ) from None
         owner = np.zeros(world.participants, dtype=np.int64)
         blocks = list(plan.blocks)
@@ -530,6 +537,33 @@ class RayRuntime:
             ray.get(self.coordinator.actor.register.remote(entries), timeout=rcfg.start_timeout)
 
     @property
+    def channels(self) -> list[set[int]]:
+        """For each host, the other hosts whose peers may send to its peers: from the
+        topology (every graph of a periodic schedule), from the star for coordinator
+        protocols, everyone for schedules with no period."""
+        owner = {p: h.index for h in self.hosts for p in h.peers}
+        n_hosts = len(self.hosts)
+        senders: list[set[int]] = [set() for _ in range(n_hosts)]
+        world = self.world
+        if self.plan.coordinator is not None:
+            c = owner[self.plan.coordinator]
+            for h in range(n_hosts):
+                if h != c:
+                    senders[h].add(c)
+                    senders[c].add(h)
+            return senders
+        period = world.schedule.period
+        if period is None:
+            return [set(range(n_hosts)) - {h} for h in range(n_hosts)]
+        for step in range(period):
+            topo = world.schedule.at(step)
+            for i in range(world.num_peers):
+                for j in topo.out_neighbours(i):
+                    if owner[i] != owner[int(j)]:
+                        senders[owner[int(j)]].add(owner[i])
+        return senders
+
+    @property
     def coordinator(self) -> _Host:
         """The host that carries the coordinator and its directory (coordinator protocols)."""
         if self.plan.coordinator is None:
@@ -575,7 +609,6 @@ class RayRuntime:
             driver,
             participants=world.participants,
             total_rounds=world.total_rounds,
-            lookahead=world.network.min_latency,
             eval_interval=float(cfg.eval.interval or 1.0),
             time_limit=cfg.time.limit,
             evaluate=Evaluation(_driver_evaluator(world), world.num_peers, observer),
@@ -671,6 +704,8 @@ class _Driver:
         self.observer = observer
         self.taps = runtime.taps
         n_hosts = len(runtime.hosts)
+        self.lookahead = runtime.world.network.min_latency
+        self.senders = runtime.channels  # host -> the hosts that may send frames to it
         self.transit: list[list[Any]] = [[] for _ in range(n_hosts)]  # refs per destination
         self.transit_count = [0] * n_hosts
         self.transit_min = [math.inf] * n_hosts
@@ -678,14 +713,28 @@ class _Driver:
         self.window_end = 0.0
 
     def start(self) -> HostsState:
-        return self._call(None, False)
+        return self._call({h.index: (None, False) for h in self.rt.hosts})
 
-    def step(self, end: float, inclusive: bool) -> HostsState:
-        self.window_end = end
+    def step(self, cap: float, inclusive: bool) -> HostsState:
+        hosts = self.rt.hosts
+        nxt = {
+            h.index: min(h.last["next_time"] if h.last else 0.0, self.transit_min[h.index])
+            for h in hosts
+            if h.alive
+        }
+        ends: dict[int, tuple[float, bool]] = {}
+        earliest = self._earliest(nxt)
+        for index in nxt:
+            horizon = min(
+                (earliest[g] + self.lookahead for g in self.senders[index] if g in nxt),
+                default=math.inf,
+            )
+            ends[index] = (cap, inclusive) if horizon > cap else (horizon, False)
+        self.window_end = min(nxt.values(), default=cap)
         for index, at in self.rt.config.runtime.fail_hosts.items():
-            if index < len(self.rt.hosts) and self.rt.hosts[index].alive and end > at:
-                ray.kill(self.rt.hosts[index].actor, no_restart=True)  # fault injection
-        return self._call(end, inclusive)
+            if index < len(hosts) and hosts[index].alive and ends[index][0] > at:
+                ray.kill(hosts[index].actor, no_restart=True)  # fault injection
+        return self._call(ends)
 
     def snapshot(self) -> list[Snapshot]:
         alive = [h for h in self.rt.hosts if h.alive]
@@ -700,12 +749,30 @@ class _Driver:
             snaps.append(h.snapshot)
         return snaps
 
-    def _call(self, end: float | None, inclusive: bool) -> HostsState:
+    def _earliest(self, nxt: dict[int, float]) -> dict[int, float]:
+        """The earliest time each host can next act: its own next event, or a frame that a
+        chain of hosts could still pass on to it (each hop costs at least the lookahead) —
+        a shortest-path fixpoint over the channel graph, so a host never runs past a frame
+        that reaches it through a third host."""
+        earliest = dict(nxt)
+        changed = True
+        while changed:
+            changed = False
+            for h in earliest:
+                for g in self.senders[h]:
+                    if g in earliest and earliest[g] + self.lookahead < earliest[h]:
+                        earliest[h] = earliest[g] + self.lookahead
+                        changed = True
+        return earliest
+
+    def _call(self, ends: Mapping[int, tuple[float | None, bool]]) -> HostsState:
+        """One ``step`` call per live host, each to its own end; collect the reports."""
         hosts = self.rt.hosts
         calls: dict[int, Any] = {}
         for h in hosts:
             if not h.alive:
                 continue
+            end, inclusive = ends[h.index]
             incoming = self.transit[h.index]
             calls[h.index] = h.actor.step.options(num_returns=len(hosts) + 1).remote(
                 end, inclusive, *incoming

@@ -2,15 +2,16 @@
 
 The peers live in one or more :class:`~p2pfed.runtime.engine.PeerEngine` s ("hosts": one
 in-process engine for :class:`~p2pfed.runtime.local.LocalRuntime`, one per Ray actor for
-the Ray runtime). The driver repeatedly picks a window ``[t_next, end)`` and lets every
-host process its events in it, then exchanges the frames that crossed hosts:
+the Ray runtime). The driver repeatedly lets every host advance up to a cap, then the hosts
+exchange the frames that crossed between them:
 
-* ``end <= t_next + lookahead`` where the lookahead is the minimum link latency, so a frame
-  sent inside a window always lands in a later one (conservative synchronisation, Chandy &
-  Misra 1979); a single host needs no lookahead;
-* windows also end at the next evaluation tick, and every event before a tick is processed
-  before the tick evaluates (an event at exactly the tick's time comes after it);
-* a ``time.limit`` processes events up to and including the limit, then stops.
+* the cap is the next evaluation tick, and every event before a tick is processed before
+  the tick evaluates (an event at exactly the tick's time comes after it);
+* a ``time.limit`` processes events up to and including the limit, then stops;
+* below the cap, each host stops at its own safe horizon, decided by :class:`Hosts`: for
+  several hosts, the earliest time a frame from another host could still reach it — the
+  next event of every host that may send to it plus the minimum link latency (conservative
+  synchronisation, Chandy & Misra 1979). A single host has no horizon.
 
 Empty stretches of time are skipped (the next window starts at the earliest pending event
 anywhere). The run completes once every peer has stopped and the frames still on the wire
@@ -21,6 +22,7 @@ whose peers wait with nothing left to happen is a deadlock and fails with a clea
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -64,7 +66,10 @@ class Hosts(Protocol):
 
     def start(self) -> HostsState: ...
 
-    def step(self, end: float, inclusive: bool) -> HostsState: ...
+    def step(self, cap: float, inclusive: bool) -> HostsState:
+        """Advance every host to ``cap`` (through it when ``inclusive``) or its own safe
+        horizon, whichever comes first; at least the earliest pending event is processed."""
+        ...
 
     def snapshot(self) -> list[Snapshot]: ...
 
@@ -125,7 +130,6 @@ def run_virtual(
     *,
     participants: int,
     total_rounds: int,
-    lookahead: float,
     eval_interval: float,
     time_limit: float | None,
     evaluate: Callable[[float, Sequence[Snapshot]], list[MetricRow]],
@@ -134,8 +138,6 @@ def run_virtual(
     """Drive ``hosts`` to the end of the run (see the module docstring)."""
     if eval_interval <= 0:
         raise ValueError("eval_interval must be positive")
-    if lookahead <= 0:
-        raise ValueError("lookahead must be positive (a minimum link latency)")
     observer.progress(0.0, 0, total_rounds)
     evaluate(0.0, hosts.snapshot())
     state = hosts.start()
@@ -147,7 +149,7 @@ def run_virtual(
                 break
             # every peer has stopped: land the frames still on the wire (push-sum mass, late
             # replies); stopped peers start no new work, so this ends
-            end, inclusive = state.next_time + lookahead, False
+            end, inclusive = math.inf, False
         else:
             if state.pending == 0:
                 raise RuntimeFailure(
@@ -163,7 +165,7 @@ def run_virtual(
             if time_limit is not None and t_next > time_limit:
                 status = "time_limit"
                 break
-            end, inclusive = min(t_next + lookahead, tick), False
+            end, inclusive = tick, False
             if time_limit is not None and end > time_limit:
                 end, inclusive = time_limit, True
         state = hosts.step(end, inclusive)
