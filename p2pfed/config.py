@@ -177,8 +177,9 @@ class RuntimeConfig(BaseModel):
     )
     fail_hosts: dict[int, Real] = Field(
         default_factory=dict,
-        description="ray only, fault injection: PeerHost index -> virtual time at which the "
-        "driver kills that host (as a crashed node would), to test on_host_failure",
+        description="ray only, fault injection: PeerHost index -> run time (virtual seconds, "
+        "or wall seconds under time.mode wall) at which the driver kills that host (as a "
+        "crashed node would), to test on_host_failure",
     )
     start_timeout: Real = Field(
         60.0,

@@ -5,7 +5,8 @@
 
 Workload (fixed): scikit-learn digits, MLP 64-64-10, IID shards, 1 local epoch of SGD (batch
 32, lr 0.05, no momentum) per round, D-PSGD on a ring and FedAvg through the coordinator.
-Virtual time is deterministic (constant 10 ms latency, no jitter) and evaluation runs only
+Virtual time is deterministic (constant 10 ms latency, no jitter, no bandwidth limit — the
+bare loop and Flower model no network either) and evaluation runs only
 at the start and the end (``eval.interval`` 1e6 virtual seconds). For each (N, protocol),
 in this one process:
 
@@ -20,10 +21,12 @@ in this one process:
   timer and excludes start-up.
 * start-up s: ``build_s + start_s`` of the Ray runtime (world built, hosts placed, peers
   built inside them), the largest over its Ray runs.
-* peak MB: the peak summed RSS of this process and every process below it (Ray's GCS,
-  raylet, agents and workers), sampled every 50 ms during that row's Ray runs. RSS counts
-  a shared page (torch's libraries, the object store) in every process that maps it, so
-  the sum overstates real use — as any per-process sum does, for any framework.
+* peak MB: the peak memory of this process and every process below it (Ray's GCS, raylet,
+  agents and workers), sampled every 50 ms during that row's Ray runs, as the sum of PSS
+  (proportional set size: a page shared by k processes counts 1/k in each, so the sum is
+  the memory the tree really uses) and, for reference, the sum of RSS (which counts torch's
+  shared libraries and object-store pages once per process that maps them, and so
+  overstates it).
 
 Every run is repeated ``--repeat`` times: the table keeps the best bare s/round, takes the
 difference of the best R and best 2R totals (other work on the machine only ever adds
@@ -85,7 +88,10 @@ def experiment(n: int, protocol: str, rounds: int, runtime: str, seed: int) -> d
         "model": {"kind": "mlp", "hidden": [HIDDEN]},
         "protocol": {"kind": protocol, "rounds": rounds},
         "training": {"lr": LR, "momentum": 0.0, "batch_size": BATCH, "local_epochs": 1},
-        "network": {"latency": {"min": 0.01, "dist": "constant"}},
+        # no bandwidth model: the bare loop and Flower's simulation have none either (with a
+        # 100 Mbit/s uplink the coordinator's 128 sends queue for 0.2 virtual s per round,
+        # which costs extra synchronisation windows, not training)
+        "network": {"latency": {"min": 0.01, "dist": "constant"}, "bandwidth": None},
         "eval": {"interval": 1e6},  # only the initial and the final evaluation
         "runtime": {"kind": "ray", "hosts": RAY_HOSTS} if runtime == "ray" else {"kind": "local"},
         "output": {"progress": "off", "log_level": "warning"},
@@ -201,21 +207,25 @@ def steady_state(
 
 
 class PeakMemory:
-    """Samples the summed RSS of this process and all its descendants in a thread."""
+    """Samples the summed PSS (and RSS) of this process and all its descendants in a thread."""
 
     def __init__(self, interval: float = 0.05):
         self.interval = interval
-        self.peak = 0
+        self.peak = 0  # summed PSS
+        self.peak_rss = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def sample(self) -> int:
         me = psutil.Process()
-        total = 0
+        total = rss = 0
         for p in [me, *me.children(recursive=True)]:
             with contextlib.suppress(psutil.Error):  # it exited between listing and reading
-                total += p.memory_info().rss
+                info = p.memory_full_info()
+                total += info.pss
+                rss += info.rss
         self.peak = max(self.peak, total)
+        self.peak_rss = max(self.peak_rss, rss)
         return total
 
     def _loop(self) -> None:
@@ -236,6 +246,10 @@ class PeakMemory:
     def peak_mb(self) -> float:
         return self.peak / 2**20
 
+    @property
+    def peak_rss_mb(self) -> float:
+        return self.peak_rss / 2**20
+
 
 # --- the table ---------------------------------------------------------------------------
 
@@ -248,7 +262,8 @@ class Row:
     engine: float
     ray: float | None = None
     startup: float | None = None
-    peak_mb: float | None = None
+    peak_mb: float | None = None  # summed PSS
+    peak_rss_mb: float | None = None
     detail: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -258,7 +273,7 @@ class Row:
 
 HEADER = (
     f"{'N':>5} {'protocol':<9}{'bare s/rnd':>11}{'engine s/rnd':>13}{'ray s/rnd':>10}"
-    f"{'ray/bare':>9}{'start-up s':>11}{'peak MB':>9}"
+    f"{'ray/bare':>9}{'start-up s':>11}{'peak MB':>9}{'(RSS MB)':>10}"
 )
 
 
@@ -270,6 +285,7 @@ def format_row(r: Row) -> str:
     return (
         f"{r.n:>5} {r.protocol:<9}{r.bare:>11.4f}{r.engine:>13.4f}{_fmt(r.ray, '.4f', 10)}"
         f"{_fmt(r.ratio, '.2f', 9)}{_fmt(r.startup, '.1f', 11)}{_fmt(r.peak_mb, '.0f', 9)}"
+        f"{_fmt(r.peak_rss_mb, '.0f', 10)}"
     )
 
 
@@ -337,6 +353,7 @@ def measure(n: int, protocol: str, args: argparse.Namespace, *, with_ray: bool) 
         with PeakMemory() as mem:
             on_ray = steady_state(n, protocol, rounds, "ray", seed, out, k)
         row.ray, row.startup, row.peak_mb = on_ray.per_round, max(on_ray.startup), mem.peak_mb
+        row.peak_rss_mb = mem.peak_rss_mb
         row.detail["ray"] = asdict(on_ray)
     return row
 

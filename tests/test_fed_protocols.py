@@ -21,6 +21,7 @@ from p2pfed.protocol import (
     Emit,
     Event,
     MessageArrived,
+    PeerDown,
     Protocol,
     Send,
     SetTimer,
@@ -584,3 +585,19 @@ def test_factory_builds_the_roles() -> None:
     ]
     assert [p.peer for p in protos] == [0, 1, 2]
     assert isinstance(build_fed_protocol("fedavg", 0, 1, rounds=1, seed=0), FedAvgClient)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_client_reported_down_is_no_longer_waited_for(kind: str) -> None:
+    n, rounds, dead = 4, 3, 2
+    d = start(star(kind, n, rounds, buffer_size=1), x0(), train_fn=affine)
+    d.pending = [(p, ev) for p, ev in d.pending if p != dead]
+    d.deliver(n, PeerDown(dead))  # no timeout set: without PeerDown this would deadlock
+    for _ in range(10_000):
+        d.pending = [(p, ev) for p, ev in d.pending if p != dead]
+        live = [k for k, (_, ev) in enumerate(d.pending) if not isinstance(ev, TimerFired)]
+        if not live:
+            break
+        d.step(live[0])
+    assert set(range(n + 1)) - {dead} <= d.done
+    assert d.protocols[n].progress(d.states[n]) >= 1

@@ -108,11 +108,14 @@ def test_taps_see_every_frame_sent_on_ray(ray_local: Any, tmp_path: Path) -> Non
     assert all(dst in ((src + 1) % 6, (src - 1) % 6) for src, dst in seen)  # ring links only
 
 
-def test_a_host_that_dies_is_survived_by_gossip(ray_local: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("kind", "at"), [("dpsgd", 0.3), ("dpsgd", 0.2), ("pushsum", 0.05)])
+def test_a_host_that_dies_is_survived_by_gossip(
+    ray_local: Any, tmp_path: Path, kind: str, at: float
+) -> None:
     cfg = small_config(
-        topology={"kind": "ring", "n": 8},
-        protocol={"kind": "dpsgd", "rounds": 8},
-        runtime={**RAY4, "fail_hosts": {1: 0.3}, "on_host_failure": "continue"},
+        topology={"kind": "ring", "n": 8, "directed": kind == "pushsum"},
+        protocol={"kind": kind, "rounds": 8},
+        runtime={**RAY4, "fail_hosts": {1: at}, "on_host_failure": "continue"},
     )
     res = run(cfg, out=tmp_path / "survive")
     s = res.summary
@@ -124,6 +127,10 @@ def test_a_host_that_dies_is_survived_by_gossip(ray_local: Any, tmp_path: Path) 
     survivors = sorted(r["peer"] for r in res.metrics() if r["tick"] == last_tick)
     assert survivors == [0, 1, 4, 5, 6, 7]
     assert s["rounds_completed"][0] == 8 and s["rounds_completed"][2] < 8
+    again = run(cfg, out=tmp_path / "again")  # an injected failure is reproducible
+    assert (again.run_dir / "metrics.jsonl").read_text() == (
+        res.run_dir / "metrics.jsonl"
+    ).read_text()
     events = [json.loads(line) for line in (res.run_dir / "events.jsonl").open()]
     assert any(e["event"] == "host_failed" and e["peers"] == [2, 3] for e in events)
     m = s["messages"]
@@ -320,6 +327,9 @@ def test_wall_time_survives_a_killed_host(ray_local: Any, tmp_path: Path) -> Non
     s = res.summary
     assert s["status"] == "completed", s
     assert [f["peers"] for f in s["host_failures"]] == [[4, 5, 6, 7]]
+    m = s["messages"]
+    assert m["in_flight"] == 0
+    assert m["sent"] == m["delivered"] + m["lost"] + m["rejected"] + m["dropped"]
     assert s["rounds_completed"][:4] == [400] * 4
     assert {
         r["peer"] for r in res.metrics() if r["tick"] == max(x["tick"] for x in res.metrics())

@@ -100,6 +100,7 @@ from p2pfed.protocol.core import (
     Event,
     Message,
     MessageArrived,
+    PeerDown,
     Protocol,
     Send,
     SetTimer,
@@ -477,6 +478,7 @@ class FedAvgState:
     inbox: dict[int, tuple[np.ndarray, int]] = field(default_factory=dict)  # k -> (x_k, n_k)
     deadline_passed: bool = False  # the open round's timeout fired below the quorum
     resends: int = 0  # deadlines of the open round that re-sent its model
+    down: set[int] = field(default_factory=set)  # clients the runtime reported gone
     late_dropped: int = 0
     clients_skipped: int = 0
 
@@ -531,11 +533,21 @@ class FedAvgCoordinator(Protocol[FedAvgState]):
             and event.round == state.round
         ):
             return self._on_deadline(state)
+        if isinstance(event, PeerDown) and 0 <= event.peer < self.num_clients:
+            # a client gone for good is not waited for (nor sent to) any more
+            state.down.add(event.peer)
+            if state.phase == "collecting" and self._all_in(state) and state.inbox:
+                return self._aggregate(state)
         return state, []
+
+    def _all_in(self, state: FedAvgState) -> bool:
+        return all(k in state.inbox or k in state.down for k in range(self.num_clients))
 
     def _open_round(self, state: FedAvgState) -> list[Effect]:
         msg = GlobalModel(round=state.round, params=state.params, final=False)
-        effects: list[Effect] = [Send(k, msg) for k in range(self.num_clients)]
+        effects: list[Effect] = [
+            Send(k, msg) for k in range(self.num_clients) if k not in state.down
+        ]
         if self.timeout is not None:
             effects.append(SetTimer(self.timeout, "round_timeout", state.round))
         return effects
@@ -554,14 +566,16 @@ class FedAvgCoordinator(Protocol[FedAvgState]):
             ]
         state.inbox[sender] = (msg.params, msg.samples)
         received = len(state.inbox)
-        if received == self.num_clients or (state.deadline_passed and received >= self.quorum):
+        if self._all_in(state) or (state.deadline_passed and received >= self.quorum):
             return self._aggregate(state)
         return state, []
 
     def _on_deadline(self, state: FedAvgState) -> tuple[FedAvgState, list[Effect]]:
         if len(state.inbox) >= self.quorum:
             return self._aggregate(state)
-        missing = [k for k in range(self.num_clients) if k not in state.inbox]
+        missing = [
+            k for k in range(self.num_clients) if k not in state.inbox and k not in state.down
+        ]
         if state.resends < MAX_RESENDS:
             # a model or an update was lost: send the round's model again to the clients not
             # heard from (one that already reported answers with its update again)
@@ -579,7 +593,9 @@ class FedAvgCoordinator(Protocol[FedAvgState]):
 
     def _aggregate(self, state: FedAvgState) -> tuple[FedAvgState, list[Effect]]:
         effects: list[Effect] = []
-        missing = [k for k in range(self.num_clients) if k not in state.inbox]
+        missing = [
+            k for k in range(self.num_clients) if k not in state.inbox and k not in state.down
+        ]
         if missing:
             state.clients_skipped += len(missing)
             effects.append(Emit("clients_skipped", {"round": state.round, "peers": missing}))
@@ -596,7 +612,8 @@ class FedAvgCoordinator(Protocol[FedAvgState]):
             return state, effects + self._open_round(state)
         state.phase = "done"
         final = GlobalModel(round=state.round, params=state.params, final=True)
-        return state, [*effects, *(Send(k, final) for k in range(self.num_clients)), Stop()]
+        sends = [Send(k, final) for k in range(self.num_clients) if k not in state.down]
+        return state, [*effects, *sends, Stop()]
 
 
 def _weighted_mean(inbox: dict[int, tuple[np.ndarray, int]]) -> np.ndarray:
@@ -631,6 +648,7 @@ class AsyncCoordinatorState:
     buffered: int = 0  # updates in the buffer
     max_staleness: int = 0
     dropped: int = 0
+    down: set[int] = field(default_factory=set)  # clients the runtime reported gone
 
 
 class _AsyncCoordinator(Protocol[AsyncCoordinatorState]):
@@ -678,6 +696,11 @@ class _AsyncCoordinator(Protocol[AsyncCoordinatorState]):
         ):
             waiting = [k for k in range(self.num_clients) if k not in state.finished]
             return self._finish(state, [Emit("clients_given_up", {"peers": waiting})])
+        if isinstance(event, PeerDown) and 0 <= event.peer < self.num_clients:
+            state.down.add(event.peer)  # gone for good: counts as finished
+            state.finished.add(event.peer)
+            if state.phase == "running" and len(state.finished) == self.num_clients:
+                return self._finish(state, [])
         return state, []
 
     def _watchdog(self, state: AsyncCoordinatorState) -> list[Effect]:
@@ -726,7 +749,8 @@ class _AsyncCoordinator(Protocol[AsyncCoordinatorState]):
         effects = effects + self._flush(state)
         state.phase = "done"
         final = GlobalModel(round=state.version, params=state.params, final=True)
-        return state, [*effects, *(Send(k, final) for k in range(self.num_clients)), Stop()]
+        sends = [Send(k, final) for k in range(self.num_clients) if k not in state.down]
+        return state, [*effects, *sends, Stop()]
 
 
 class FedAsyncCoordinator(_AsyncCoordinator):

@@ -167,6 +167,7 @@ class PeerHost:
         peers = build_peers(world, ids, device)
         self.owner = np.asarray(owner)
         self.num_hosts = int(self.owner.max()) + 1
+        self._sent_to = [0] * self.num_hosts
         if world.participants > world.num_peers and world.num_peers in ids:
             self.directory = Directory()  # this host carries the coordinator
         self.engine = PeerEngine(
@@ -190,8 +191,15 @@ class PeerHost:
         }
 
     def step(self, end: float | None, inclusive: bool, *batches: dict[str, np.ndarray]) -> Any:
-        engine = self.engine
-        assert engine is not None, "setup() first"
+        """Virtual time: take the frames other hosts sent here, process events before ``end``
+        (``None``: start the peers), and return a report plus one frame batch per host."""
+        with self._lock:  # a threaded actor: never interleave with peers_down or snapshot
+            return self._step(end, inclusive, batches)
+
+    def _step(
+        self, end: float | None, inclusive: bool, batches: Sequence[dict[str, np.ndarray]]
+    ) -> Any:
+        engine = self._engine()
         for batch in batches:
             engine.accept(unpack_frames(batch))
         if end is None:
@@ -230,56 +238,73 @@ class PeerHost:
                 directory.register(peer, host, node)
 
     def unregister_host(self, host: int) -> list[int]:
+        """Forget the peers of a dead host; returns them."""
         with self._lock:
             return self._dir().unregister_host(host)
 
     def registry(self) -> dict[int, Placement]:
+        """Every registered peer's placement."""
         with self._lock:
             directory = self._dir()
             return {p: directory.placement(p) for p in directory.peers()}
 
     def publish_key(self, peer: int, purpose: str, key: bytes, epoch: int = 0) -> None:
+        """Bind a public key to a peer (see :meth:`Directory.publish`)."""
         with self._lock:
             self._dir().publish(peer, purpose, key, epoch)
 
     def lookup_key(self, peer: int, purpose: str) -> PublishedKey:
+        """A peer's published key for ``purpose``."""
         with self._lock:
             return self._dir().lookup(peer, purpose)
 
+    def _engine(self) -> PeerEngine:
+        if self.engine is None:
+            raise RuntimeFailure(f"PeerHost {self.index} was used before setup()")
+        return self.engine
+
+    def ping(self) -> int:
+        """Answers while the host is alive (used to confirm a kill)."""
+        return self.index
+
     def snapshot(self) -> Snapshot:
-        assert self.engine is not None
+        """Models, rounds and losses of this host's peers, for evaluation."""
         with self._lock:
-            return self.engine.snapshot()
+            return self._engine().snapshot()
 
     def reports(self) -> list[PeerReport]:
-        assert self.engine is not None
+        """End-of-run facts about this host's peers, for the summary."""
         with self._lock:
-            return self.engine.reports()
+            return self._engine().reports()
 
     # --- wall time: the host runs its own loop; the driver only watches -----------------
 
     def run_wall(self, t0: float, hosts: list[Any], flush_s: float) -> dict[str, Any]:
-        """Run this host's peers in real time until :meth:`stop` (see WallLoop)."""
-        engine = self.engine
-        assert engine is not None, "setup() first"
+        """Wall time: run this host's peers in real time until :meth:`stop`.
+
+        One loop thread handles due events under the host's lock; frames for other hosts
+        are counted (``sent_to``) the moment they leave the engine, under the same lock,
+        and flushed as one ``deliver`` call per destination host at most ``flush_s`` later
+        (or at once when the loop is about to wait). Deliveries, status and snapshot calls
+        run concurrently on other threads and take the lock too.
+        """
+        engine = self._engine()
         engine.clock = lambda: time.time() - t0
         self._hosts = hosts
-        self._sent_to = [0] * len(hosts)
         delay = t0 - time.time()
         if delay > 0:
-            self._wake.wait(delay)
+            time.sleep(delay)
         with self._lock:
             engine.start()
         last_flush = time.monotonic()
         while not self._stop:
+            self._wake.clear()  # before draining: a delivery from now on wakes the wait
             with self._lock:
                 while self._inbox:
                     engine.accept(unpack_frames(self._inbox.popleft()))
-                self._wake.clear()
                 engine.advance(engine.clock(), inclusive=True)
-                out = engine.take_outbox()
+                self._take_outbox()
                 wait = engine.next_time() - engine.clock()
-            self._pending_out += out
             if self._pending_out and (
                 wait > 0 or len(self._pending_out) >= 256 or time.monotonic() - last_flush > flush_s
             ):
@@ -290,42 +315,48 @@ class PeerHost:
         self._flush()
         return self.status()
 
+    def _take_outbox(self) -> None:
+        """Move the engine's outgoing frames to the flush queue, counting them (lock held)."""
+        for f in self._engine().take_outbox():
+            self._sent_to[int(self.owner[f.dst])] += 1
+            self._pending_out.append(f)
+
     def _flush(self) -> None:
+        with self._lock:
+            pending, self._pending_out = self._pending_out, []
         by_host: list[list[OutFrame]] = [[] for _ in self._hosts]
-        for f in self._pending_out:
+        for f in pending:
             by_host[int(self.owner[f.dst])].append(f)
-        self._pending_out = []
         for h, frames in enumerate(by_host):
-            if frames:
-                self._sent_to[h] += len(frames)
+            if frames:  # fire and forget: a dead receiver shows up in the counts
                 self._hosts[h].deliver.remote(self.index, pack_frames(frames))
 
     def peers_down(self, ids: list[int], t: float | None) -> None:
-        """Peers ``ids`` died with their host; ``t`` None means now (wall time)."""
-        engine = self.engine
-        assert engine is not None
+        """Peers ``ids`` died with their host: tell every local peer still running, at
+        ``t`` or now, whichever is later (never in this host's past)."""
         with self._lock:
-            at = t if t is not None else (engine.clock() if engine.clock else engine.now)
-            engine.peers_down(ids, at)
+            engine = self._engine()
+            now = engine.clock() if engine.clock is not None else engine.now
+            engine.peers_down(ids, now if t is None else max(t, now))
         self._wake.set()
 
     def deliver(self, src_host: int, batch: dict[str, np.ndarray]) -> None:
         """Frames from another host (wall time); they land at their arrival time."""
-        self._inbox.append(batch)
-        self._received_from[src_host] = (
-            self._received_from.get(src_host, 0) + len(batch["offsets"]) - 1
-        )
+        with self._lock:
+            self._inbox.append(batch)
+            count = len(batch["offsets"]) - 1
+            self._received_from[src_host] = self._received_from.get(src_host, 0) + count
         self._wake.set()
 
     def stop(self) -> None:
+        """End :meth:`run_wall` (after a last flush)."""
         self._stop = True
         self._wake.set()
 
     def status(self) -> dict[str, Any]:
         """Counters for the wall-time driver (and the records to replay)."""
-        engine = self.engine
-        assert engine is not None
         with self._lock:
+            engine = self._engine()
             return {
                 "next_time": engine.next_time(),
                 "pending": engine.pending + len(self._inbox),
@@ -337,6 +368,7 @@ class PeerHost:
                 "frames": dict(engine.frames),
                 "sent_to": list(self._sent_to),
                 "received_from": dict(self._received_from),
+                "inbox": sum(len(b["offsets"]) - 1 for b in self._inbox),
                 "unsent": len(self._pending_out) + sum(len(b["offsets"]) - 1 for b in self._inbox),
                 "records": self.recorder.drain(),
             }
@@ -530,11 +562,19 @@ class RayRuntime:
             ) from None
         except RayTaskError as exc:
             raise _cause(exc) from None
+        except RayActorError as exc:
+            reason = (str(exc).splitlines() or [""])[0]
+            raise RuntimeFailure(
+                f"a PeerHost died while starting (out of memory?): {reason}"
+            ) from None
         for host, info in zip(self.hosts, infos, strict=True):
             host.info = info
         if plan.coordinator is not None:
             entries = [(p, h.index, h.info.get("node")) for h in self.hosts for p in h.peers]
-            ray.get(self.coordinator.actor.register.remote(entries), timeout=rcfg.start_timeout)
+            try:
+                ray.get(self.coordinator.actor.register.remote(entries), timeout=rcfg.start_timeout)
+            except GetTimeoutError:
+                raise RuntimeFailure("the coordinator's host did not answer at start-up") from None
 
     @property
     def channels(self) -> list[set[int]]:
@@ -623,7 +663,8 @@ class RayRuntime:
         host.alive = False
         dropped = int(host.last.get("frames_pending", 0)) if host.last else 0
         if self.plan.coordinator is not None and self.plan.coordinator not in host.peers:
-            with contextlib.suppress(RayActorError):  # the coordinator's own death shows below
+            # the coordinator's own death, or a hung coordinator, shows at its next call
+            with contextlib.suppress(RayActorError, GetTimeoutError):
                 ray.get(self.coordinator.actor.unregister_host.remote(host.index), timeout=60)
         self.failures.append(
             {"host": host.index, "node": host.info.get("node"), "peers": host.peers, "t": t}
@@ -651,8 +692,12 @@ class RayRuntime:
         ``t`` under virtual time, at once under wall time), so neighbours stop waiting."""
         refs = [h.actor.peers_down.remote(host.peers, t) for h in self.hosts if h.alive]
         for ref in refs:
-            with contextlib.suppress(RayActorError):  # a second death shows at its next call
-                ray.get(ref, timeout=60)
+            try:
+                ray.get(ref, timeout=120)
+            except RayActorError:  # a second death shows at that host's next call
+                continue
+            except GetTimeoutError:
+                raise RuntimeFailure("a PeerHost did not take a PeerDown within 120 s") from None
 
     def peer_reports(self) -> list[PeerReport]:
         out: list[PeerReport] = []
@@ -733,20 +778,25 @@ class _Driver:
         self.window_end = min(nxt.values(), default=cap)
         for index, at in self.rt.config.runtime.fail_hosts.items():
             if index < len(hosts) and hosts[index].alive and ends[index][0] > at:
-                ray.kill(hosts[index].actor, no_restart=True)  # fault injection
+                _kill(hosts[index].actor)  # fault injection: dead before this window
         return self._call(ends)
 
     def snapshot(self) -> list[Snapshot]:
         alive = [h for h in self.rt.hosts if h.alive]
         refs = [h.actor.snapshot.remote() for h in alive]
         snaps: list[Snapshot] = []
+        died = []
         for h, ref in zip(alive, refs, strict=True):
             try:
                 h.snapshot = ray.get(ref)
             except RayActorError as exc:
-                self._host_died(h, exc)
+                died.append((h, exc))
                 continue
+            except RayTaskError as exc:
+                raise _cause(exc) from None
             snaps.append(h.snapshot)
+        for h, error in died:
+            self._host_died(h, error)
         return snaps
 
     def _earliest(self, nxt: dict[int, float]) -> dict[int, float]:
@@ -769,8 +819,10 @@ class _Driver:
         """One ``step`` call per live host, each to its own end; collect the reports."""
         hosts = self.rt.hosts
         calls: dict[int, Any] = {}
+        handed = list(self.transit_count)  # frames each host is given in this call
         for h in hosts:
             if not h.alive:
+                self.dropped += handed[h.index]  # queued for a host found dead meanwhile
                 continue
             end, inclusive = ends[h.index]
             incoming = self.transit[h.index]
@@ -780,6 +832,7 @@ class _Driver:
         self.transit = [[] for _ in hosts]
         self.transit_count = [0] * len(hosts)
         self.transit_min = [math.inf] * len(hosts)
+        died = []
         for h in hosts:
             if h.index not in calls:
                 continue
@@ -787,7 +840,9 @@ class _Driver:
             try:
                 report = ray.get(refs[0])
             except RayActorError as exc:
-                self._host_died(h, exc)
+                died.append((h, exc))
+                h.alive = False
+                self.dropped += handed[h.index]  # it took these frames with it
                 continue
             except RayTaskError as exc:
                 raise _cause(exc) from None
@@ -808,6 +863,10 @@ class _Driver:
                 self.dropped += self.transit_count[h.index]
                 self.transit[h.index], self.transit_count[h.index] = [], 0
                 self.transit_min[h.index] = math.inf
+        # only now, with every report of the window in, tell the survivors (a host still
+        # stepping must not receive PeerDown concurrently)
+        for h, error in died:
+            self._host_died(h, error)
         return self._state()
 
     def _state(self) -> HostsState:
@@ -841,13 +900,24 @@ class _Driver:
         self.rt.announce_down(host, self.window_end)
 
 
+def _kill(actor: Any, timeout: float = 30.0) -> None:
+    """Kill a host and return only once it is dead (``ray.kill`` does not wait), so an
+    injected failure happens at a deterministic point of the run."""
+    ray.kill(actor, no_restart=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.ping.remote(), timeout=timeout)
+        except RayActorError:
+            return
+        time.sleep(0.01)
+    raise RuntimeFailure("a PeerHost killed by runtime.fail_hosts did not die")
+
+
 def _span(ids: Sequence[int]) -> str:
     if list(ids) == list(range(ids[0], ids[-1] + 1)):
         return f"{ids[0]}-{ids[-1]}" if len(ids) > 1 else str(ids[0])
     return str(list(ids))
-
-
-__all__ = ["FRAME_COUNTERS", "HostPlan", "PeerHost", "RayRuntime", "connect", "plan_hosts"]
 
 
 class _WallDriver:
@@ -884,6 +954,8 @@ class _WallDriver:
             except RayActorError as exc:
                 self._host_died(h, exc)
                 continue
+            except RayTaskError as exc:
+                raise _cause(exc) from None
             snaps.append(h.snapshot)
         return snaps
 
@@ -896,18 +968,58 @@ class _WallDriver:
             except RayActorError as exc:
                 self._host_died(h, exc)
                 continue
-            self.status[h.index] = st
-            for name, args in st.pop("records"):
-                if name == "tap":
-                    for tap in self.rt.taps:
-                        tap(*args)
-                else:
-                    getattr(self.observer, name)(*args)
+            except RayTaskError as exc:
+                raise _cause(exc) from None
+            self._record(h.index, st)
+
+    def _record(self, index: int, st: dict[str, Any]) -> None:
+        self.status[index] = st
+        for name, args in st.pop("records"):
+            if name == "tap":
+                for tap in self.rt.taps:
+                    tap(*args)
+            else:
+                getattr(self.observer, name)(*args)
+
+    def _check_loops(self, loops: dict[int, Any]) -> None:
+        """A host loop only returns after ``stop``: one that ended already failed."""
+        refs = [ref for i, ref in loops.items() if self.rt.hosts[i].alive]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        for ref in ready:
+            index = next(i for i, r in loops.items() if r is ref)
+            try:
+                ray.get(ref)
+            except RayActorError as exc:
+                self._host_died(self.rt.hosts[index], exc)
+                continue
+            except RayTaskError as exc:
+                raise _cause(exc) from None
+            raise RuntimeFailure(f"PeerHost {index}'s loop ended before the run did")
 
     def _host_died(self, host: _Host, exc: BaseException) -> None:
         t = time.time() - self.t0
         self.dropped += self.rt.host_failed(host, t, exc, self.observer)
         self.rt.announce_down(host, None)
+
+    def _dead_host_frames(self) -> tuple[int, int]:
+        """Settle the frame counts of hosts that died, whose own counters stopped at their
+        last status: returns (dropped, sent late). Dropped: frames sent to a dead host that
+        it had not received by then, frames it held queued or undelivered, and frames it
+        reported sent that never arrived; sent late: frames that arrived from it although
+        its last status did not count them yet."""
+        dropped = late = 0
+        for dead in (h.index for h in self.rt.hosts if not h.alive):
+            last = self.status.get(dead)
+            received = last["received_from"] if last else {}
+            for a, st in self.status.items():
+                if a == dead:
+                    continue
+                dropped += st["sent_to"][dead] - received.get(a, 0)
+                gap = st["received_from"].get(dead, 0) - (last["sent_to"][a] if last else 0)
+                late, dropped = (late + gap, dropped) if gap > 0 else (late, dropped - gap)
+            if last:
+                dropped += last["frames_pending"] + last["inbox"]
+        return dropped, late
 
     def _quiet(self) -> bool:
         """No frame anywhere: none queued, none unsent, every pair's counts balance."""
@@ -941,68 +1053,86 @@ class _WallDriver:
         self.t0 = time.time() + self.START_S  # after the first evaluation
         handles = [h.actor for h in rt.hosts]
         loops = {h.index: h.actor.run_wall.remote(self.t0, handles, self.FLUSH_S) for h in rt.hosts}
-        tick, status, quiet_since = interval, "completed", None
         try:
-            while True:
-                time.sleep(self.POLL_S)
-                now = time.time() - self.t0
-                for index, at in cfg.runtime.fail_hosts.items():
-                    if index < len(rt.hosts) and rt.hosts[index].alive and now > at:
-                        ray.kill(rt.hosts[index].actor, no_restart=True)  # fault injection
-                self._poll()
-                completed = sum(s["completed"] for s in self.status.values())
-                self.observer.progress(max(now, 0.0), completed, total)
-                if now >= tick:
-                    self.evaluate(now, self._snapshot())
-                    tick = max(tick + interval, now)
-                done, quiet = self._done() >= world.participants, self._quiet()
-                if done and quiet:
-                    break
-                if limit is not None and now >= limit:
-                    status = "time_limit"
-                    break
-                idle = quiet and not any(
-                    s["pending"] for i, s in self.status.items() if rt.hosts[i].alive
-                )
-                if not idle:
-                    quiet_since = None
-                elif quiet_since is None:
-                    quiet_since = now
-                elif now - quiet_since > self.STALL_S:
-                    raise RuntimeFailure(
-                        f"nothing left to happen at t={now:.1f}s while "
-                        f"{world.participants - self._done()} peers still wait "
-                        "(a lost message with no timeout? set protocol.timeout)"
-                    )
-        finally:
-            for h in self._alive():
-                h.actor.stop.remote()
-            for index, ref in loops.items():
-                host = rt.hosts[index]
-                if not host.alive:
-                    continue
-                try:
-                    st = ray.get(ref, timeout=60)
-                except RayActorError as exc:
-                    self._host_died(host, exc)
-                    continue
-                except RayTaskError as exc:
-                    raise _cause(exc) from None
-                self.status[index] = st
-        for st in self.status.values():
-            for name, args in st.pop("records", []):
-                if name != "tap":
-                    getattr(self.observer, name)(*args)
-                else:
-                    for tap in rt.taps:
-                        tap(*args)
-        now = time.time() - self.t0
-        final = self.evaluate(
-            now if status == "completed" else float(limit or now), self._snapshot()
-        )
+            status = self._watch(loops, interval, limit, total)
+        except BaseException:
+            self._stop(loops, quiet=True)  # keep the first error, not a follow-up one
+            raise
+        self._stop(loops, quiet=False)
+        end = time.time() - self.t0
+        now = float(limit) if status == "time_limit" and limit is not None else end
+        final = self.evaluate(now, self._snapshot())
         frames = frame_totals(s["frames"] for s in self.status.values())
-        accounted = frames["delivered"] + frames["lost"] + frames["rejected"]
-        frames["in_flight"] = max(frames["sent"] - accounted, 0) if status != "completed" else 0
-        frames["dropped"] = self.dropped
+        dropped, late = self._dead_host_frames()
+        frames["sent"] += late
+        frames["dropped"] = self.dropped + dropped
+        accounted = frames["delivered"] + frames["lost"] + frames["rejected"] + frames["dropped"]
+        frames["in_flight"] = frames["sent"] - accounted  # 0 unless a time limit cut the run
         events = sum(s["events"] for s in self.status.values())
         return RunOutcome(status, now, events, final, frames)
+
+    def _watch(
+        self, loops: dict[int, Any], interval: float, limit: float | None, total: int
+    ) -> str:
+        """Poll until every peer stopped and no frame is anywhere, or the time limit."""
+        rt, world = self.rt, self.rt.world
+        tick, quiet_since = interval, None
+        while True:
+            time.sleep(self.POLL_S)
+            now = time.time() - self.t0
+            for index, at in rt.config.runtime.fail_hosts.items():
+                if index < len(rt.hosts) and rt.hosts[index].alive and now > at:
+                    _kill(rt.hosts[index].actor)  # fault injection
+            self._check_loops(loops)
+            self._poll()
+            completed = sum(s["completed"] for s in self.status.values())
+            self.observer.progress(max(now, 0.0), completed, total)
+            if now >= tick:
+                self.evaluate(now, self._snapshot())
+                tick = time.time() - self.t0 + interval  # never evaluate back to back
+            done, quiet = self._done() >= world.participants, self._quiet()
+            if done and quiet:
+                return "completed"
+            if limit is not None and now >= limit:
+                return "time_limit"
+            idle = quiet and not any(
+                s["pending"] for i, s in self.status.items() if rt.hosts[i].alive
+            )
+            if not idle:
+                quiet_since = None
+            elif quiet_since is None:
+                quiet_since = now
+            elif now - quiet_since > self.STALL_S:
+                dead = [h.index for h in rt.hosts if not h.alive]
+                raise RuntimeFailure(
+                    f"nothing left to happen at t={now:.1f}s while "
+                    f"{world.participants - self._done()} peers still wait "
+                    + (f"(hosts {dead} died; " if dead else "(")
+                    + "a lost message with no timeout? set protocol.timeout)"
+                )
+
+    def _stop(self, loops: dict[int, Any], *, quiet: bool) -> None:
+        """Stop every host loop and take its final counters."""
+        for h in self._alive():
+            h.actor.stop.remote()
+        for index, ref in loops.items():
+            host = self.rt.hosts[index]
+            if not host.alive:
+                continue
+            try:
+                self._record(index, ray.get(ref, timeout=60))
+            except RayActorError as exc:
+                if quiet:
+                    host.alive = False
+                else:
+                    self._host_died(host, exc)
+            except (RayTaskError, GetTimeoutError) as exc:
+                if not quiet:
+                    raise (
+                        _cause(exc)
+                        if isinstance(exc, RayTaskError)
+                        else RuntimeFailure(f"PeerHost {index} did not stop within 60 s")
+                    ) from None
+
+
+__all__ = ["FRAME_COUNTERS", "HostPlan", "PeerHost", "RayRuntime", "connect", "plan_hosts"]

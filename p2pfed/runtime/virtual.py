@@ -16,7 +16,8 @@ exchange the frames that crossed between them:
 Empty stretches of time are skipped (the next window starts at the earliest pending event
 anywhere). The run completes once every peer has stopped and the frames still on the wire
 have landed (nothing sent is silently dropped: ``sent == delivered + lost + rejected +
-in_flight``, and ``in_flight`` is non-zero only when a time limit cut the run short). A run
+in_flight (+ dropped``, frames lost with a Ray host that died), and ``in_flight`` is
+non-zero only when a time limit cut the run, or the landing of its last frames, short). A run
 whose peers wait with nothing left to happen is a deadlock and fails with a clear error.
 """
 
@@ -142,14 +143,20 @@ def run_virtual(
     evaluate(0.0, hosts.snapshot())
     state = hosts.start()
     tick = eval_interval
-    status = "completed"
+    status, cut = "completed", False
     while True:
         if state.done >= participants:
             if state.frames_pending == 0:
                 break
             # every peer has stopped: land the frames still on the wire (push-sum mass, late
-            # replies); stopped peers start no new work, so this ends
+            # replies); stopped peers start no new work, so this ends — at the time limit
+            # at the latest (the run completed; what is still on the wire is in flight)
+            if time_limit is not None and state.next_time > time_limit:
+                cut = True
+                break
             end, inclusive = math.inf, False
+            if time_limit is not None:
+                end, inclusive = time_limit, True
         else:
             if state.pending == 0:
                 raise RuntimeFailure(
@@ -171,7 +178,7 @@ def run_virtual(
         state = hosts.step(end, inclusive)
         observer.progress(state.now, state.completed, total_rounds)
     now = time_limit if status == "time_limit" and time_limit is not None else state.now
-    in_flight = state.frames_pending if status == "time_limit" else 0
+    in_flight = state.frames_pending if status == "time_limit" or cut else 0
     final = evaluate(now, hosts.snapshot())
     frames = {**state.frames, "in_flight": in_flight}
     return RunOutcome(status, now, state.events, final, frames)
