@@ -65,7 +65,7 @@ def test_bench_runtime_without_ray_prints_bare_and_engine_seconds(tmp_path: Path
         *("--repeat", "1", "--out", str(tmp_path), "--json", str(rows)),
     )
     assert re.search(r"^\s+N protocol\s+bare s/rnd\s+engine s/rnd\s+ray s/rnd", out, re.M), out
-    row = re.search(r"^\s+4 fedavg\s+(\d+\.\d{4})\s+(\d+\.\d{4})(?:\s+-){4}$", out, re.M)
+    row = re.search(r"^\s+4 fedavg\s+(\d+\.\d{4})\s+(\d+\.\d{4})(?:\s+-){5}$", out, re.M)
     assert row, out
     bare, engine = map(float, row.groups())
     # 45 minibatch steps of a 64-64-10 MLP per round: milliseconds, not nothing, not seconds
