@@ -125,8 +125,10 @@ class LocalTrainer:
 
     def train(self, params: np.ndarray, epochs: int = 1, steps: int | None = None) -> TrainResult:
         self.flat.set(params)
-        self.model.train()
-        total, seen = 0.0, 0
+        if not self.model.training:  # this model is never put in eval mode but by callers
+            self.model.train()
+        total = torch.zeros((), device=self.device)  # summed on the device: one sync per call
+        seen = 0
         for _ in range(self.steps_for(epochs, steps)):
             idx = torch.as_tensor(self._next_batch(), device=self.device)
             xb, yb = self._x[idx], self._y[idx]  # (B, F), (B,)
@@ -134,9 +136,10 @@ class LocalTrainer:
             loss = self._loss(self.model(xb), yb)
             loss.backward()
             self.optimizer.step()
-            total += float(loss.detach()) * len(idx)
+            total += loss.detach() * len(idx)
             seen += len(idx)
-        return TrainResult(params=self.flat.get(), loss=total / max(seen, 1), samples=seen)
+        mean_loss = float(total) / max(seen, 1)
+        return TrainResult(params=self.flat.get(), loss=mean_loss, samples=seen)
 
 
 @dataclass(frozen=True)

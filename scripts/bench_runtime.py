@@ -22,7 +22,8 @@ in this one process:
 * start-up s: ``build_s + start_s`` of the Ray runtime (world built, hosts placed, peers
   built inside them), the largest over its Ray runs.
 * peak MB: the peak memory of this process and every process below it (Ray's GCS, raylet,
-  agents and workers), sampled every 50 ms during that row's Ray runs, as the sum of PSS
+  agents and workers), sampled every 50 ms during an extra, untimed Ray run of the row
+  (sampling costs CPU the timed runs must not lose), as the sum of PSS
   (proportional set size: a page shared by k processes counts 1/k in each, so the sum is
   the memory the tree really uses) and, for reference, the sum of RSS (which counts torch's
   shared libraries and object-store pages once per process that maps them, and so
@@ -350,8 +351,11 @@ def measure(n: int, protocol: str, args: argparse.Namespace, *, with_ray: bool) 
         "engine": asdict(engine),
     }
     if with_ray:
+        on_ray = steady_state(n, protocol, rounds, "ray", seed, out, k)
+        # memory in a run of its own: reading every process's smaps costs ~10 ms of CPU a
+        # sample, which would slow the timed runs on 2 cores
         with PeakMemory() as mem:
-            on_ray = steady_state(n, protocol, rounds, "ray", seed, out, k)
+            steady_state(n, protocol, rounds, "ray", seed, out, 1)
         row.ray, row.startup, row.peak_mb = on_ray.per_round, max(on_ray.startup), mem.peak_mb
         row.peak_rss_mb = mem.peak_rss_mb
         row.detail["ray"] = asdict(on_ray)

@@ -18,6 +18,7 @@ update costs) and *metadata* (everything else: header, field names, scalars).
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -66,6 +67,7 @@ class Codec:
         parameter count): a frame carrying anything else is rejected at decoding."""
         self._types: dict[str, type[Message]] = {}
         self._fields: dict[str, dict[str, type]] = {}
+        self._names: dict[type[Message], tuple[str, ...]] = {}  # field names, in order
         self.vector_size = vector_size
         for cls in message_types:
             if not (dataclasses.is_dataclass(cls) and issubclass(cls, Message)):
@@ -77,6 +79,7 @@ class Codec:
                     raise TypeError(f"{cls.__name__}.{name}: cannot send a field of type {tp}")
             self._types[cls.__name__] = cls
             self._fields[cls.__name__] = fields
+            self._names[cls] = tuple(fields)
 
     @property
     def message_types(self) -> tuple[type[Message], ...]:
@@ -89,18 +92,22 @@ class Codec:
             raise FrameError(f"message type {name} is not known to this codec")
         payload = 0
         body: dict[str, Any] = {}
-        for f in dataclasses.fields(message):
-            value = getattr(message, f.name)
+        for field_name in self._names[type(message)]:
+            value = getattr(message, field_name)
             if isinstance(value, np.ndarray):
                 arr = np.ascontiguousarray(value)
                 if arr.dtype.byteorder == ">":
                     arr = arr.astype(arr.dtype.newbyteorder("<"))
                 if arr.dtype.str not in _ALLOWED_DTYPES:
-                    raise FrameError(f"dtype {arr.dtype} of field {f.name} cannot be sent")
+                    raise FrameError(f"dtype {arr.dtype} of field {field_name} cannot be sent")
                 payload += arr.nbytes
-                body[f.name] = {"dt": arr.dtype.str, "sh": list(arr.shape), "b": arr.tobytes()}
+                body[field_name] = {
+                    "dt": arr.dtype.str,
+                    "sh": list(arr.shape),
+                    "b": arr.tobytes(),
+                }
             else:
-                body[f.name] = value
+                body[field_name] = value
         frame = msgpack.packb(
             {"v": FRAME_VERSION, "src": src, "dst": dst, "type": name, "body": body},
             use_bin_type=True,
@@ -169,7 +176,7 @@ def _decode_value(key: str, value: Any) -> Any:
         if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
             raise FrameError(f"field {key}: bad shape")
         dtype = np.dtype(dt)
-        if int(np.prod(shape, dtype=np.int64)) * dtype.itemsize != len(raw):
+        if math.prod(shape) * dtype.itemsize != len(raw):
             raise FrameError(f"field {key}: {len(raw)} bytes do not fit shape {shape}")
         return np.frombuffer(raw, dtype=dtype).reshape(shape)
     return value

@@ -215,6 +215,7 @@ class Topology:
         "_n",
         "_name",
         "_out",
+        "_row_cache",
     )
 
     def __init__(
@@ -309,9 +310,12 @@ class Topology:
         self._in = tuple(tuple(sorted(peers)) for peers in into)
         self._gap: float | None = None
         self._diameter: int | None = None
+        self._row_cache: dict[int, dict[int, float]] = {}  # weight() rows, built on demand
 
     def __getstate__(self) -> dict[str, Any]:
-        return {slot: getattr(self, slot) for slot in self.__slots__}
+        state = {slot: getattr(self, slot) for slot in self.__slots__}
+        state["_row_cache"] = {}  # a cache: not worth shipping
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Ray ships topologies to actors by pickling; numpy does not keep the read-only flag.
@@ -387,13 +391,14 @@ class Topology:
 
     def weight(self, i: int, j: int) -> float:
         """W[i, j]: the share of j's value that i takes in one step."""
-        i, j = self._peer(i), self._peer(j)
-        start, stop = self._mixing.indptr[i], self._mixing.indptr[i + 1]
-        columns = self._mixing.indices[start:stop]
-        pos = int(np.searchsorted(columns, j))
-        if pos < len(columns) and columns[pos] == j:
-            return float(self._mixing.data[start + pos])
-        return 0.0
+        row = self._row_cache.get(i)
+        if row is None:
+            i = self._peer(i)
+            start, stop = self._mixing.indptr[i], self._mixing.indptr[i + 1]
+            columns = self._mixing.indices[start:stop].tolist()
+            row = dict(zip(columns, self._mixing.data[start:stop].tolist(), strict=True))
+            self._row_cache[i] = row  # protocols ask for the same rows every round
+        return row.get(self._peer(j), 0.0)
 
     def is_doubly_stochastic(self, tol: float = STOCHASTIC_TOL) -> bool:
         rows = np.asarray(self._mixing.sum(axis=1)).ravel()
