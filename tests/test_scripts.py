@@ -86,3 +86,13 @@ def test_bench_flower_runs_or_says_flower_is_missing() -> None:
         ]
     else:
         assert re.search(r"^\s+4 fedavg\s+\d+\.\d{4}\s+\d+\.\d{4}\s+\d+\.\d{2}", out, re.M), out
+
+
+def test_bench_runtime_scale_mode_prints_rates(tmp_path: Path) -> None:
+    out = _run(
+        "bench_runtime.py",
+        *("--scale", "24", "--rounds", "2", "--skip-ray", "--out", str(tmp_path)),
+    )
+    row = re.search(r"^\s+24\s+local\s+completed\s+(\d+\.\d)\s+(\d+)\s+(\d+)", out, re.M)
+    assert row, out
+    assert float(row.group(2)) > 0 and float(row.group(3)) > 0
