@@ -5,6 +5,12 @@ from the one run seed, builds topology, data shards, models, trainers and protoc
 instances, hands them to a runtime, and records the run directory (see
 :mod:`p2pfed.results`).
 
+Building is split so peers are created where they live: :func:`build_world` makes the shared,
+read-only parts once (config with automatic choices resolved, topology, data, shards, initial
+model, time models, codec), and :func:`build_peers` makes given peers' trainers and protocol
+states from it — all peers in this process for ``runtime.kind: local``, a block per PeerHost
+actor for ``runtime.kind: ray`` (:mod:`p2pfed.runtime.ray_runtime`).
+
 Seeding: ``SeedSequence(seed)`` spawns one child per concern (topology, data split,
 partition, model init, network, compute cost, peers) and the peers' child spawns one stream
 per peer, so adding a peer or a concern never shifts another's draws. All peers start from
@@ -236,12 +242,12 @@ def build_peers(world: World, ids: Sequence[int], device: str) -> list[PeerSlot]
     dataset = world.dataset
     peers: list[PeerSlot] = []
     for i in ids:
-        train_seed, protocol_seed = per_peer[min(i, n - 1)].spawn(2)
-        if i == n:  # the coordinator: no data, no trainer
+        if i == n:  # the coordinator: no data, no trainer, nothing random
             with _section("protocol"):
                 protocol = _protocol(world, i, 0)
             peers.append(PeerSlot(i, protocol, protocol.initial_state(world.params0), None))
             continue
+        train_seed, protocol_seed = per_peer[i].spawn(2)
         shard = world.shards[i]
         with _section("data"):
             trainer = LocalTrainer(

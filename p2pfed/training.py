@@ -108,12 +108,6 @@ class LocalTrainer:
             return steps
         return epochs * math.ceil(self.num_samples / self.cfg.batch_size)
 
-    def samples_per_round(self, epochs: int, steps: int | None) -> int:
-        """Samples one Train(epochs, steps) call processes (what the cost model charges)."""
-        if steps is None:
-            return epochs * self.num_samples
-        return steps * self.cfg.batch_size
-
     def _next_batch(self) -> np.ndarray:
         # Sampling without replacement within an epoch, reshuffled by the peer's generator.
         if self._pos >= len(self._order):
