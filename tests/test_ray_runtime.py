@@ -272,6 +272,24 @@ def test_coordinator_protocols_on_ray_match_in_process(
     assert on_ray.summary["rounds_completed"] == [4] * 8
 
 
+def test_a_coordinator_sharing_a_host_with_clients_matches_in_process(
+    ray_local: Any, tmp_path: Path
+) -> None:
+    sections: dict[str, Any] = {
+        "topology": {"kind": "ring", "n": 8},
+        "protocol": {"kind": "fedavg", "rounds": 3},
+        "time": {"compute_jitter": 0.3},
+    }
+    cfg = small_config(**sections)
+    local = run(cfg, out=tmp_path / "local")
+    shared = run(
+        {**cfg, "runtime": {**RAY4, "hosts": 2, "coordinator_host": "shared"}},
+        out=tmp_path / "shared",
+    )
+    assert _files(local.run_dir) == _files(shared.run_dir)
+    assert [h["peers"] for h in shared.summary["hosts"]] == ["0-3", "4-8"]
+
+
 def test_losing_the_coordinator_host_stops_the_run(ray_local: Any, tmp_path: Path) -> None:
     cfg = small_config(
         protocol={"kind": "fedavg", "rounds": 6},

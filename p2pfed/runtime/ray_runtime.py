@@ -528,8 +528,10 @@ class RayRuntime:
                 f"{rcfg.start_timeout:g}s: it has {have} — other jobs may hold them"
             ) from None
         owner = np.zeros(world.participants, dtype=np.int64)
-        blocks = list(plan.blocks)
-        if plan.coordinator is not None:
+        blocks = [list(b) for b in plan.blocks]
+        if plan.coordinator is not None and rcfg.coordinator_host == "shared":
+            blocks[-1].append(plan.coordinator)  # rides along with the last block of clients
+        elif plan.coordinator is not None:
             blocks.append([plan.coordinator])
         for h, ids in enumerate(blocks):
             owner[ids] = h
