@@ -789,7 +789,14 @@ class _Driver:
         for index, at in self.rt.config.runtime.fail_hosts.items():
             if index < len(hosts) and hosts[index].alive and ends[index][0] > at:
                 _kill(hosts[index].actor)  # fault injection: dead before this window
-        return self._call(ends)
+        # a host with nothing to do before its end is not called at all (its frames in
+        # transit wait for a later window): an idle coordinator, clients waiting for it
+        busy = {
+            i: (end, incl)
+            for i, (end, incl) in ends.items()
+            if nxt[i] < end or (incl and nxt[i] == end)
+        }
+        return self._call(busy)
 
     def snapshot(self) -> list[Snapshot]:
         alive = [h for h in self.rt.hosts if h.alive]
@@ -829,19 +836,20 @@ class _Driver:
         """One ``step`` call per live host, each to its own end; collect the reports."""
         hosts = self.rt.hosts
         calls: dict[int, Any] = {}
-        handed = list(self.transit_count)  # frames each host is given in this call
+        handed = [0] * len(hosts)  # frames each called host is given in this call
         for h in hosts:
+            i = h.index
             if not h.alive:
-                self.dropped += handed[h.index]  # queued for a host found dead meanwhile
-                continue
-            end, inclusive = ends[h.index]
-            incoming = self.transit[h.index]
-            calls[h.index] = h.actor.step.options(num_returns=len(hosts) + 1).remote(
-                end, inclusive, *incoming
-            )
-        self.transit = [[] for _ in hosts]
-        self.transit_count = [0] * len(hosts)
-        self.transit_min = [math.inf] * len(hosts)
+                self.dropped += self.transit_count[i]  # queued for a host found dead meanwhile
+            elif i in ends:
+                end, inclusive = ends[i]
+                handed[i] = self.transit_count[i]
+                calls[i] = h.actor.step.options(num_returns=len(hosts) + 1).remote(
+                    end, inclusive, *self.transit[i]
+                )
+            else:
+                continue  # idle this window: its transit stays queued
+            self.transit[i], self.transit_count[i], self.transit_min[i] = [], 0, math.inf
         died = []
         for h in hosts:
             if h.index not in calls:
