@@ -434,7 +434,15 @@ def main() -> None:
     ray: Any = None  # imported only when asked for
     if not args.skip_ray:
         ray = importlib.import_module("ray")
-        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        from p2pfed.runtime.ray_runtime import PRIVATE_RAY_SYSTEM_CONFIG
+
+        ray.init(  # the private instance p2pfed itself would start, with 2 CPUs
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            logging_level="WARNING",
+            _system_config=PRIVATE_RAY_SYSTEM_CONFIG,
+        )
     if args.scale is not None:
         try:
             print(

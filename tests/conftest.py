@@ -36,8 +36,11 @@ def ray_local():  # type: ignore[no-untyped-def]
     """A private Ray instance for the whole session (never someone else's cluster)."""
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
+        from p2pfed.runtime.ray_runtime import PRIVATE_RAY_SYSTEM_CONFIG
+
         ray.init(
             address="local",
+            _system_config=PRIVATE_RAY_SYSTEM_CONFIG,
             num_cpus=2,
             include_dashboard=False,
             logging_level="WARNING",

@@ -35,6 +35,30 @@ def test_model_share_round_trip(params: np.ndarray, rnd: int, src: int, dst: int
     assert 0 < size.metadata < 100
 
 
+@given(arrays, st.integers(0, 2**31), st.integers(0, 2**20), st.integers(0, 2**20))
+def test_frame_is_envelope_then_body(params: np.ndarray, rnd: int, src: int, dst: int) -> None:
+    """The split the engine relies on to pack a broadcast once: envelope + body is the
+    frame, and the frame is the plain msgpack map of the documented layout."""
+    message = ModelShare(round=rnd, params=params)
+    frame, size = CODEC.encode(src, dst, message)
+    body, payload = CODEC.encode_body(message)
+    assert CODEC.envelope(src, dst, "ModelShare") + body == frame
+    assert payload == size.payload == params.nbytes
+    whole = {
+        "v": 1,
+        "src": src,
+        "dst": dst,
+        "type": "ModelShare",
+        "body": {"round": rnd, "params": {"dt": "<f4", "sh": [len(params)], "b": params.tobytes()}},
+    }
+    assert msgpack.packb(whole, use_bin_type=True) == frame
+
+
+def test_envelope_refuses_unknown_type() -> None:
+    with pytest.raises(FrameError, match="not known"):
+        CODEC.envelope(0, 1, "Nope")
+
+
 @given(arrays, st.floats(0, 1, allow_nan=False))
 def test_push_sum_share_round_trip(x: np.ndarray, w: float) -> None:
     frame, _ = CODEC.encode(0, 1, PushSumShare(round=3, x=x, w=w))

@@ -305,3 +305,27 @@ def test_an_engine_refuses_a_frame_from_its_past() -> None:
     assert engine.now > 0 and engine.outbox  # peers 0 and 2 sent to ring neighbours 5 and 3
     with pytest.raises(ProtocolError, match="already at"):
         engine.accept([OutFrame(engine.now / 2, 0, 5, 0, b"")])
+
+
+def test_a_broadcast_is_packed_once_and_every_frame_decodes() -> None:
+    """The coordinator's model goes to every client in one event: the engine packs the
+    message body once and every frame shares it (a Ray batch then carries it once), yet
+    each frame is the full, correctly addressed frame."""
+    from p2pfed.runtime.engine import PeerEngine
+
+    cfg = config_from_mapping(small_config(protocol={"kind": "fedavg", "rounds": 2}))
+    built = build(cfg)
+    n = cfg.topology.n
+    coordinator = [p for p in built.peers if p.id == n]
+    engine = PeerEngine(coordinator, n + 1, built.codec, built.network, built.cost)
+    engine.start()
+    engine.advance(1e-9)
+    out = engine.take_outbox()
+    assert sorted(f.dst for f in out) == list(range(n))
+    assert len({id(f.body) for f in out}) == 1  # one body object for the broadcast
+    decoded = [built.codec.decode(f.frame) for f in out]
+    assert [(d.src, d.dst) for d in decoded] == [(n, f.dst) for f in out]
+    first = decoded[0].message
+    for d in decoded[1:]:
+        assert type(d.message) is type(first)
+        np.testing.assert_array_equal(d.message.params, first.params)  # type: ignore[attr-defined]

@@ -192,6 +192,22 @@ def test_frame_batches_round_trip() -> None:
     assert all(isinstance(v, np.ndarray) for v in batch.values())
 
 
+def test_frame_batches_carry_a_shared_body_once() -> None:
+    body = bytes(range(256)) * 40  # one broadcast message's packed body
+    other = bytes(256) * 40  # equal length, different bytes, another object
+    frames = [
+        OutFrame(0.5, 3, 9, 0, b"head-3", body),
+        OutFrame(0.5, 4, 9, 1, b"head-4", body),
+        OutFrame(0.6, 5, 9, 2, b"head-5", other),
+        OutFrame(0.5, 6, 9, 3, b"head-6", body),
+    ]
+    batch = pack_frames(frames)
+    assert batch["data"].nbytes == 4 * 6 + len(body) + len(other)  # each body once
+    back = unpack_frames(batch)
+    assert back == frames
+    assert [f.frame for f in back] == [f.head + f.body for f in frames]
+
+
 def _cli(
     *args: str, timeout: float = 120, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:

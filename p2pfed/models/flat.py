@@ -51,14 +51,34 @@ def set_flat(model: torch.nn.Module, flat: np.ndarray) -> None:
 
 class FlatParams:
     """Fast flat access to one model's parameters, for code that loads and reads them every
-    round (a trainer, an evaluator). It caches the parameter list and sizes; measured on the
-    digits MLP: 14 us to load and 8 us to read, against 32 and 16 us for :func:`set_flat` and
-    :func:`get_flat`, which find the parameters anew on every call."""
+    round (a trainer, an evaluator).
+
+    When every parameter is float32 on one device (all of p2pfed's models), the parameters
+    are re-pointed into one contiguous buffer (P,) — each ``Parameter`` keeps its identity, so
+    an optimiser holding them keeps working — and loading or reading a vector is one copy.
+    Measured on the digits MLP (4810 parameters, CPU): a local training call of one minibatch
+    went from 0.43 to about 0.33 ms, the bare torch step it wraps. Other models fall back to
+    one copy per parameter. Build it *after* moving the model to its device (``to`` gives
+    the parameters new storage)."""
 
     def __init__(self, model: torch.nn.Module):
         self.params = list(model.parameters())
         self.sizes = [p.numel() for p in self.params]
         self.size = sum(self.sizes)
+        devices = {p.device for p in self.params}
+        self.buffer: torch.Tensor | None = None
+        self._host: np.ndarray | None = None  # the buffer as numpy, on CPU
+        if self.params and len(devices) == 1 and all(p.dtype == torch.float32 for p in self.params):
+            self.buffer = torch.empty(self.size, dtype=torch.float32, device=devices.pop())
+            with torch.no_grad():
+                offset = 0
+                for p, n in zip(self.params, self.sizes, strict=True):
+                    view = self.buffer[offset : offset + n].view_as(p)
+                    view.copy_(p)
+                    p.data = view  # same Parameter, storage now inside the buffer
+                    offset += n
+            if self.buffer.device.type == "cpu":
+                self._host = self.buffer.numpy()
 
     def set(self, flat: np.ndarray) -> None:
         """Copy ``flat`` (P,) into the parameters (same checks as :func:`set_flat`)."""
@@ -68,18 +88,26 @@ class FlatParams:
                 f"flat parameter vector has shape {arr.shape} ({arr.size} values); the model "
                 f"has {self.size} parameters"
             )
-        if not np.issubdtype(arr.dtype, np.floating):
+        if arr.dtype.kind != "f":
             raise ModelError(f"flat parameter vector must be floating point, got {arr.dtype}")
+        if self._host is not None:
+            np.copyto(self._host, arr, casting="same_kind")  # the caller's array is not kept
+            return
         # a private copy: the caller's array may be read-only (a decoded frame) or reused
         src = torch.from_numpy(np.array(arr, dtype=np.float32))
-        if self.params and self.params[0].device.type != "cpu":
-            src = src.to(self.params[0].device)  # one transfer, not one per tensor
+        if self.buffer is not None:
+            self.buffer.copy_(src)  # one transfer to the device
+            return
         with torch.no_grad():
             for p, chunk in zip(self.params, src.split(self.sizes), strict=True):
                 p.copy_(chunk.view_as(p))
 
     def get(self) -> np.ndarray:
         """A fresh float32 copy (P,) of the parameters."""
+        if self._host is not None:
+            return self._host.copy()
         with torch.no_grad():
+            if self.buffer is not None:
+                return self.buffer.cpu().numpy()  # cpu() copied it off the device
             vec = torch.cat([p.detach().reshape(-1) for p in self.params])
             return vec.cpu().numpy().astype(np.float32, copy=False)

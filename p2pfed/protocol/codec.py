@@ -87,6 +87,16 @@ class Codec:
 
     def encode(self, src: int, dst: int, message: Message) -> tuple[bytes, FrameSize]:
         """Encode ``message`` from ``src`` to ``dst``; returns the frame and its byte split."""
+        body, payload = self.encode_body(message)
+        frame = self.envelope(src, dst, type(message).__name__) + body
+        return frame, FrameSize(payload=payload, metadata=len(frame) - payload)
+
+    def encode_body(self, message: Message) -> tuple[bytes, int]:
+        """The message's part of a frame (its packed body) and the array bytes in it.
+
+        A frame is ``envelope(src, dst, type) + body`` byte for byte, so a message sent to
+        many peers is packed once and its body shared (a broadcast's tensor crosses to a Ray
+        host once per batch, see :func:`p2pfed.runtime.ray_runtime.pack_frames`)."""
         name = type(message).__name__
         if self._types.get(name) is not type(message):
             raise FrameError(f"message type {name} is not known to this codec")
@@ -108,11 +118,18 @@ class Codec:
                 }
             else:
                 body[field_name] = value
-        frame = msgpack.packb(
-            {"v": FRAME_VERSION, "src": src, "dst": dst, "type": name, "body": body},
+        return msgpack.packb(body, use_bin_type=True), payload
+
+    def envelope(self, src: int, dst: int, name: str) -> bytes:
+        """The bytes that precede a message body of type ``name`` from ``src`` to ``dst``:
+        the frame's map with ``body`` as its last key (the body's bytes follow)."""
+        if name not in self._types:
+            raise FrameError(f"message type {name} is not known to this codec")
+        head = msgpack.packb(
+            {"v": FRAME_VERSION, "src": src, "dst": dst, "type": name, "body": None},
             use_bin_type=True,
         )
-        return frame, FrameSize(payload=payload, metadata=len(frame) - payload)
+        return head[:-1]  # drop the packed None (one byte, 0xc0): the body goes there
 
     def decode(self, frame: bytes) -> Frame:
         """Decode a frame; any malformation raises :class:`FrameError`."""

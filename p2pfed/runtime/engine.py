@@ -47,7 +47,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from p2pfed.errors import FrameError, ProtocolError
-from p2pfed.protocol.codec import Codec
+from p2pfed.protocol.codec import Codec, FrameSize
 from p2pfed.protocol.core import (
     Effect,
     Emit,
@@ -69,13 +69,20 @@ _EVENT, _FRAME = 0, 1
 
 
 class OutFrame(NamedTuple):
-    """A frame on its way to a peer that lives in another engine."""
+    """A frame on its way to a peer that lives in another engine: ``head + body`` (the
+    codec's envelope and the message body, kept apart so that the frames of one broadcast
+    share one body object and a batch carries it once)."""
 
     arrive: float
     dst: int
     src: int
     seq: int  # the sender's event counter when it sent the frame
-    frame: bytes
+    head: bytes
+    body: bytes = b""
+
+    @property
+    def frame(self) -> bytes:
+        return self.head + self.body
 
 
 @dataclass(frozen=True)
@@ -127,6 +134,9 @@ class PeerEngine:
         self._heap: list[tuple[float, int, int, int, int, Any]] = []
         self._seq = dict.fromkeys(self.peers, 0)
         self._frames_queued = 0
+        # message bodies packed while executing one event's effects, by message identity:
+        # a message sent to many peers is packed once (see Codec.encode_body)
+        self._bodies: dict[int, tuple[Any, bytes, int]] = {}
 
     # --- scheduling -----------------------------------------------------------------------
 
@@ -236,6 +246,9 @@ class PeerEngine:
         before = peer.protocol.progress(peer.state)
         peer.state, effects = peer.protocol.on_event(peer.state, event)
         self.completed += peer.protocol.progress(peer.state) - before
+        # the body cache spans one event's effects only: no protocol code runs between
+        # them, so a message object cannot change between two of its sends
+        self._bodies.clear()
         for effect in effects:
             self._execute(peer, effect)
 
@@ -276,12 +289,21 @@ class PeerEngine:
         dst = effect.to
         if not (0 <= dst < self.num_participants) or dst == src:
             raise ProtocolError(f"peer {src} tried to send to invalid peer {dst}")
-        frame, size = self.codec.encode(src, dst, effect.message)
-        kind = type(effect.message).__name__
+        message = effect.message
+        kind = type(message).__name__
+        packed = self._bodies.get(id(message))
+        if packed is None or packed[0] is not message:
+            packed = (message, *self.codec.encode_body(message))
+            self._bodies[id(message)] = packed
+        _, body, payload = packed
+        head = self.codec.envelope(src, dst, kind)
+        size = FrameSize(payload=payload, metadata=len(head) + len(body) - payload)
         if self.clock is not None:
             self.now = max(self.now, self.clock())
-        for tap in self.taps:
-            tap(self.now, src, dst, frame)
+        if self.taps:
+            frame = head + body
+            for tap in self.taps:
+                tap(self.now, src, dst, frame)
         tx = self.network.transmit(src, size.total, self.now)
         self.frames["sent"] += 1
         if tx.lost:
@@ -290,11 +312,11 @@ class PeerEngine:
             return
         self.observer.frame_sent(self.now, src, dst, kind, size)
         if dst in self.peers:
-            self._push(tx.arrive, dst, src, _FRAME, (src, frame))
+            self._push(tx.arrive, dst, src, _FRAME, (src, head + body))
         else:
             seq = self._seq[src]
             self._seq[src] = seq + 1
-            self.outbox.append(OutFrame(tx.arrive, dst, src, seq, frame))
+            self.outbox.append(OutFrame(tx.arrive, dst, src, seq, head, body))
 
     def _on_frame(self, peer: PeerSlot, payload: tuple[int, bytes]) -> None:
         src, frame = payload
