@@ -375,7 +375,7 @@ class PeerHost:
         """Frames from another host (wall time); they land at their arrival time."""
         with self._lock:
             self._inbox.append(batch)
-            count = len(batch["offsets"]) - 1
+            count = len(batch["ids"])
             self._received_from[src_host] = self._received_from.get(src_host, 0) + count
         self._wake.set()
 
@@ -399,8 +399,8 @@ class PeerHost:
                 "frames": dict(engine.frames),
                 "sent_to": list(self._sent_to),
                 "received_from": dict(self._received_from),
-                "inbox": sum(len(b["offsets"]) - 1 for b in self._inbox),
-                "unsent": len(self._pending_out) + sum(len(b["offsets"]) - 1 for b in self._inbox),
+                "inbox": sum(len(b["ids"]) for b in self._inbox),
+                "unsent": len(self._pending_out) + sum(len(b["ids"]) for b in self._inbox),
                 "records": self.recorder.drain(),
             }
 
@@ -1147,14 +1147,23 @@ class _WallDriver:
                 return "completed"
             if limit is not None and now >= limit:
                 return "time_limit"
-            idle = quiet and not any(
-                s["pending"] for i, s in self.status.items() if rt.hosts[i].alive
+            # idle: nothing queued or unsent anywhere (counts that never balance once all
+            # is idle would be a transport bug: that stalls too, and fails, never hangs)
+            idle = not any(
+                s["pending"] or s["frames_pending"] or s["unsent"]
+                for i, s in self.status.items()
+                if rt.hosts[i].alive
             )
             if not idle:
                 quiet_since = None
             elif quiet_since is None:
                 quiet_since = now
             elif now - quiet_since > self.STALL_S:
+                if done:
+                    raise RuntimeFailure(
+                        "every peer stopped, but frames sent between hosts never arrived "
+                        f"(sent_to/received_from counts disagree for {self.STALL_S:.0f}s)"
+                    )
                 dead = [h.index for h in rt.hosts if not h.alive]
                 raise RuntimeFailure(
                     f"nothing left to happen at t={now:.1f}s while "
