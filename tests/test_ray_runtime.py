@@ -52,6 +52,8 @@ RR10 = {"kind": "random_regular", "n": 10, "degree": 4}
         # every other): the hosts' horizons come from different channel graphs
         ({"kind": "pushsum", "rounds": 6}, {"kind": "one_peer_exponential", "n": 10}),
         ({"kind": "dpsgd", "rounds": 5}, {"kind": "random_regular_dynamic", "n": 10, "degree": 2}),
+        # six peers per host, most of them with no link to another host
+        ({"kind": "gossip", "rounds": 6}, {"kind": "ring", "n": 24}),
     ],
 )
 def test_four_hosts_reproduce_the_in_process_run_exactly(
@@ -79,7 +81,7 @@ def test_four_hosts_reproduce_the_in_process_run_exactly(
             len(range(int(h["peers"].split("-")[0]), int(h["peers"].split("-")[-1]) + 1))
             for h in on_ray.summary["hosts"]
         )
-        == 10
+        == topology["n"]
     )
 
 
