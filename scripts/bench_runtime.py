@@ -37,8 +37,9 @@ in this one process:
   shared libraries and object-store pages once per process that maps them, and so
   overstates it).
 
-Every run is repeated ``--repeat`` times: the table keeps the best bare s/round, takes the
-difference of the best R and best 2R totals (other work on the machine only ever adds
+Every run is repeated ``--repeat`` times, interleaved (bare, engine, Ray, then again, so a
+slow spell of the machine falls on every column): the table keeps the best bare s/round,
+takes the difference of the best R and best 2R totals (other work on the machine only ever adds
 time; a difference of single runs can come out too small when the R run was the disturbed
 one), and the worst start-up. The load average printed first tells whether something else
 was competing for the cores.
@@ -347,19 +348,37 @@ def report_targets(rows: list[Row]) -> None:
     print(f"  peak memory: Flower ~{FLOWER_QUOTED_PEAK_MB:.0f} MB quoted, ours {peak:.0f} MB")
 
 
+def combine(runs: Sequence[Steady], rounds: int) -> Steady:
+    """Pool repeated measurements: the difference of the best R and best 2R totals."""
+    pairs = [p for r in runs for p in r.run_s]
+    best_r, best_2r = min(p[0] for p in pairs), min(p[1] for p in pairs)
+    startup = [t for r in runs for t in r.startup]
+    return Steady((best_2r - best_r) / rounds, pairs, startup, runs[0].mean_acc)
+
+
 def measure(n: int, protocol: str, args: argparse.Namespace, *, with_ray: bool) -> Row:
     """One table row, every measurement repeated ``args.repeat`` times: the best s/round
-    (other processes only ever add time) and the worst start-up (a target is a bound)."""
+    (other processes only ever add time) and the worst start-up (a target is a bound).
+    The repeats interleave — bare, engine, Ray, then again — so that a slow or fast spell
+    of this shared machine (its speed drifts by up to a third over minutes) falls on all
+    three columns alike instead of on one of them."""
     rounds, seed, out, k = args.rounds, args.seed, args.out, args.repeat
-    bares = [bare_loop(n, protocol, rounds, seed) for _ in range(k)]
-    engine = steady_state(n, protocol, rounds, "local", seed, out, k)
+    bares: list[Bare] = []
+    engines: list[Steady] = []
+    rays: list[Steady] = []
+    for _ in range(k):
+        bares.append(bare_loop(n, protocol, rounds, seed))
+        engines.append(steady_state(n, protocol, rounds, "local", seed, out))
+        if with_ray:
+            rays.append(steady_state(n, protocol, rounds, "ray", seed, out))
+    engine = combine(engines, rounds)
     row = Row(n, protocol, min(b.steady for b in bares), engine.per_round)
     row.detail = {
         "bare": [asdict(b) | {"steady": b.steady} for b in bares],
         "engine": asdict(engine),
     }
     if with_ray:
-        on_ray = steady_state(n, protocol, rounds, "ray", seed, out, k)
+        on_ray = combine(rays, rounds)
         # memory in a run of its own: reading every process's smaps costs ~10 ms of CPU a
         # sample, which would slow the timed runs on 2 cores
         with PeakMemory() as mem:
