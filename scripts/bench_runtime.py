@@ -8,8 +8,9 @@
 regression, a random 4-regular graph, asynchronous gossip) in-process and on Ray, and prints
 run seconds, peer-rounds and events per second, the peak PSS of the process tree (sampled
 every 0.5 s) and that peak divided by N. Measured here (2 cores, 1000 peers, 20 rounds):
-local 26.8 s, Ray 18.6 s = 1073 peer-rounds/s, 1694 MB in all = 1.7 MB per peer (of which
-about 1 GB is Ray's and the hosts' fixed cost).
+local 35.2 s, Ray 21.2 s = 943 peer-rounds/s, 1706 MB in all = 1.7 MB per peer (of which
+about 1 GB is Ray's and the hosts' fixed cost); on a faster spell of the same machine,
+local 26.8 s and Ray 18.6 s.
 
 Workload (fixed): scikit-learn digits, MLP 64-64-10, IID shards, 1 local epoch of SGD (batch
 32, lr 0.05, no momentum) per round, D-PSGD on a ring and FedAvg through the coordinator.
