@@ -56,9 +56,10 @@ class FlatParams:
     When every parameter is float32 on one device (all of p2pfed's models), the parameters
     are re-pointed into one contiguous buffer (P,) — each ``Parameter`` keeps its identity, so
     an optimiser holding them keeps working — and loading or reading a vector is one copy.
-    Measured on the digits MLP (4810 parameters, CPU): a local training call of one minibatch
-    went from 0.43 to about 0.33 ms, the bare torch step it wraps. Other models fall back to
-    one copy per parameter. Build it *after* moving the model to its device (``to`` gives
+    Measured on the digits MLP (4810 parameters, CPU, one minibatch of 11 samples): a local
+    training call went from 0.43 to 0.36 ms with this and the trainer's cheaper loss sum,
+    against 0.37 ms for a bare torch loop doing the same step. Other models fall back to one
+    copy per parameter. Build it *after* moving the model to its device (``to`` gives
     the parameters new storage)."""
 
     def __init__(self, model: torch.nn.Module):
