@@ -131,11 +131,6 @@ class Identity:
         signature = eddsa.new(self.signing, "rfc8032").sign(unsigned.signed_bytes())
         return KeyAdvert(self.peer, epoch, link, signature)
 
-    def forget(self, before: int) -> None:
-        """Drop the link keys of epochs before ``before`` (forward secrecy at rotation)."""
-        for epoch in [e for e in self._link if e < before]:
-            del self._link[epoch]
-
 
 def link_key(identity: Identity, peer_advert: KeyAdvert, src: int, dst: int) -> bytes:
     """The AES key for frames from ``src`` to ``dst`` in the advert's epoch, computed by

@@ -76,27 +76,28 @@ def pack_frames(frames: Sequence[OutFrame]) -> dict[str, np.ndarray]:
     body, and ``ids[:, 3]`` says which body a frame ends with."""
     index: dict[int, int] = {}  # id(body) -> its place among the distinct bodies
     bodies: list[bytes] = []
-    which = np.empty(len(frames), dtype=np.int64)
+    ids = np.empty((len(frames), 4), dtype=np.int64)  # dst, src, seq, body
     for k, f in enumerate(frames):  # the frames hold their bodies alive: ids are stable
         j = index.get(id(f.body))
         if j is None:
             j = index[id(f.body)] = len(bodies)
             bodies.append(f.body)
-        which[k] = j
+        ids[k] = (f.dst, f.src, f.seq, j)
     chunks = [f.head for f in frames] + bodies
     sizes = np.fromiter((len(c) for c in chunks), dtype=np.int64, count=len(chunks))
     offsets = np.zeros(len(chunks) + 1, dtype=np.int64)
     np.cumsum(sizes, out=offsets[1:])
-    ids = np.empty((len(frames), 4), dtype=np.int64)
-    for k, f in enumerate(frames):
-        ids[k, :3] = (f.dst, f.src, f.seq)
-    ids[:, 3] = which
     return {
         "arrive": np.fromiter((f.arrive for f in frames), dtype=np.float64, count=len(frames)),
         "ids": ids,
         "offsets": offsets,
         "data": np.frombuffer(b"".join(chunks), dtype=np.uint8),
     }
+
+
+def _count(batch: dict[str, np.ndarray]) -> int:
+    """Frames in a packed batch."""
+    return len(batch["ids"])
 
 
 def unpack_frames(batch: dict[str, np.ndarray]) -> list[OutFrame]:
@@ -170,7 +171,6 @@ class PeerHost:
         self._received_from: dict[int, int] = {}
         self._stop = False
         self.directory: Directory | None = None
-        self.busy_s = self.cpu_s = 0.0  # wall and CPU seconds spent in step()
         self.owner = np.zeros(0, dtype=np.int64)
         self.num_hosts = 0
         self.recorder = BufferObserver()
@@ -220,12 +220,7 @@ class PeerHost:
         """Virtual time: take the frames other hosts sent here, process events before ``end``
         (``None``: start the peers), and return a report plus one frame batch per host."""
         with self._lock:  # a threaded actor: never interleave with peers_down or snapshot
-            t0, c0 = time.perf_counter(), time.process_time()
-            out = self._step(end, inclusive, batches)
-            self.busy_s += time.perf_counter() - t0
-            self.cpu_s += time.process_time() - c0
-            out[0]["busy_s"], out[0]["cpu_s"] = self.busy_s, self.cpu_s
-            return out
+            return self._step(end, inclusive, batches)
 
     def _step(
         self, end: float | None, inclusive: bool, batches: Sequence[dict[str, np.ndarray]]
@@ -375,7 +370,7 @@ class PeerHost:
         """Frames from another host (wall time); they land at their arrival time."""
         with self._lock:
             self._inbox.append(batch)
-            count = len(batch["ids"])
+            count = _count(batch)
             self._received_from[src_host] = self._received_from.get(src_host, 0) + count
         self._wake.set()
 
@@ -399,8 +394,8 @@ class PeerHost:
                 "frames": dict(engine.frames),
                 "sent_to": list(self._sent_to),
                 "received_from": dict(self._received_from),
-                "inbox": sum(len(b["ids"]) for b in self._inbox),
-                "unsent": len(self._pending_out) + sum(len(b["ids"]) for b in self._inbox),
+                "inbox": sum(map(_count, self._inbox)),
+                "unsent": len(self._pending_out) + sum(map(_count, self._inbox)),
                 "records": self.recorder.drain(),
             }
 
