@@ -42,19 +42,37 @@ class FixedPoint:
     clip: float
     frac_bits: int
     ring_bits: int = 32
+    #: when set, the step is ``2 * clip / levels`` instead of ``2**-frac_bits`` (Flower's
+    #: ``quantization_range``; see :meth:`from_range`)
+    levels: int | None = None
+
+    @classmethod
+    def from_range(
+        cls, clipping_range: float, quantization_range: int, modulus_range: int = 2**32
+    ) -> FixedPoint:
+        """Flower's parametrisation: clip to ``±clipping_range``, ``quantization_range``
+        levels across it (step ``2 c / Q``), ring ``Z_modulus_range`` (2**32 or 2**64)."""
+        bits = {2**32: 32, 2**64: 64}.get(modulus_range)
+        if bits is None:
+            raise FixedPointError(f"modulus_range must be 2**32 or 2**64, got {modulus_range}")
+        if quantization_range < 2:
+            raise FixedPointError(f"quantization_range must be >= 2, got {quantization_range}")
+        return cls(clipping_range, 0, bits, levels=quantization_range)
 
     def __post_init__(self) -> None:
         if self.ring_bits not in RING_DTYPES:
             raise FixedPointError(f"ring_bits must be 32 or 64, got {self.ring_bits}")
         if not (math.isfinite(self.clip) and self.clip > 0):
             raise FixedPointError(f"clip must be a positive finite number, got {self.clip}")
+        if self.levels is not None and self.levels < 2:
+            raise FixedPointError(f"levels must be at least 2, got {self.levels}")
         if not 0 <= self.frac_bits < self.ring_bits - 1:
             raise FixedPointError(
                 f"frac_bits must lie in 0..{self.ring_bits - 2}, got {self.frac_bits}"
             )
         if self.max_code >= self.half:
             raise FixedPointError(
-                f"clip {self.clip:g} with {self.frac_bits} fractional bits needs "
+                f"clip {self.clip:g} with {self._resolution} needs "
                 f"{self._bits(self.max_code)} bits, more than Z_2^{self.ring_bits} holds "
                 "signed: lower clip or frac_bits, or use ring_bits 64"
             )
@@ -65,6 +83,8 @@ class FixedPoint:
 
     @property
     def scale(self) -> float:
+        if self.levels is not None:
+            return self.levels / (2.0 * self.clip)
         return float(2**self.frac_bits)
 
     @property
@@ -97,11 +117,11 @@ class FixedPoint:
         if terms > self.capacity(max_weight):
             worst = terms * math.ceil(self.max_code * max_weight)
             raise FixedPointError(
-                f"a sum of {terms} values clipped to ±{self.clip:g} with {self.frac_bits} "
-                f"fractional bits (weights up to {max_weight:g}) reaches {self._bits(worst)} "
+                f"a sum of {terms} values clipped to ±{self.clip:g} with {self._resolution} "
+                f"(weights up to {max_weight:g}) reaches {self._bits(worst)} "
                 f"bits and can overflow Z_2^{self.ring_bits} (at most "
-                f"{self.capacity(max_weight)} terms fit): lower clip or frac_bits, shrink the "
-                "group, or use ring_bits 64"
+                f"{self.capacity(max_weight)} terms fit): lower the clipping or quantisation "
+                "range, shrink the group, or use a 2**64 ring"
             )
 
     def encode(self, x: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
@@ -127,6 +147,12 @@ class FixedPoint:
                 f"expected {np.dtype(self.dtype).name} ring elements, got {arr.dtype}"
             )
         return arr.view(_SIGNED[self.ring_bits]).astype(np.float64) / self.scale
+
+    @property
+    def _resolution(self) -> str:
+        if self.levels is not None:
+            return f"{self.levels} quantisation levels"
+        return f"{self.frac_bits} fractional bits"
 
     @staticmethod
     def _bits(n: int) -> int:
