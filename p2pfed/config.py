@@ -30,6 +30,7 @@ from pydantic import (
     model_validator,
 )
 
+from p2pfed.crypto.config import SecurityConfig
 from p2pfed.data import DataConfig, PartitionConfig
 from p2pfed.errors import ConfigError
 from p2pfed.fields import Real
@@ -239,6 +240,7 @@ class ExperimentConfig(BaseModel):
     training: TrainingConfig = TrainingConfig()
     time: TimeConfig = TimeConfig()
     network: NetworkConfig = NetworkConfig()
+    security: SecurityConfig = SecurityConfig()
     eval: EvalConfig = EvalConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     output: OutputConfig = OutputConfig()
@@ -263,6 +265,14 @@ class ExperimentConfig(BaseModel):
         if self.protocol.buffer_size is not None and self.protocol.buffer_size > n:
             raise ValueError(
                 f"protocol.buffer_size ({self.protocol.buffer_size}) exceeds the {n} clients"
+            )
+        sec = self.security
+        if sec.secure_aggregation and self.protocol.kind not in ("dpsgd", "fedavg"):
+            raise ValueError(
+                f"security.aggregation {sec.aggregation} runs with protocol.kind dpsgd (each "
+                "peer securely sums its neighbourhood) or fedavg (the coordinator securely "
+                f"sums all clients), not {self.protocol.kind}: asynchronous pairwise "
+                "exchanges sum two models, and a sum of two reveals the other to either party"
             )
         for peer in self.time.slowdown:
             if peer >= n:

@@ -40,21 +40,30 @@ from p2pfed.config import (
     config_from_mapping,
     load_config,
 )
+from p2pfed.crypto.links import link_guard
+from p2pfed.crypto.secagg import pair_key_directory, pair_keys, pair_seed
 from p2pfed.data import Dataset, label_histograms, load_dataset, partition
 from p2pfed.errors import ConfigError, DataError, ModelError, ProtocolError, TopologyError
 from p2pfed.models import build_model, get_flat
 from p2pfed.progress import ProgressReporter
 from p2pfed.protocol import FED_PROTOCOLS, PROTOCOLS, Codec, build_fed_protocol, build_protocol
-from p2pfed.protocol.core import Protocol
+from p2pfed.protocol.core import Message, Protocol
+from p2pfed.protocol.secure import (
+    SecureDPSGD,
+    SecureFedAvg,
+    SecureSum,
+    check_groups,
+    secure_settings,
+)
 from p2pfed.results import RunRecorder, final_accuracy, finite, read_metrics
-from p2pfed.runtime.base import PeerReport, PeerSlot, RunObserver, Tap
+from p2pfed.runtime.base import Interceptor, PeerReport, PeerSlot, RunObserver, Tap
 from p2pfed.runtime.local import LocalRuntime, RunOutcome
 from p2pfed.timing import CostModel, NetworkModel
 from p2pfed.topology import TopologySchedule, build_schedule
 from p2pfed.training import Evaluator, LocalTrainer, samples_per_round
 
 # Append new concerns at the end: SeedSequence children keep their streams when more follow.
-_STREAMS = ("topology", "data", "partition", "model", "network", "cost", "peers", "eval")
+_STREAMS = ("topology", "data", "partition", "model", "network", "cost", "peers", "eval", "keys")
 # msgpack envelope and field names around a model vector, for timeout estimates only
 _FRAME_OVERHEAD = 128
 # more evaluation ticks than this is a mistake, not a measurement
@@ -96,6 +105,8 @@ class World:
     network: NetworkModel
     cost: CostModel
     codec: Codec
+    #: every participant's long-term public pair key (secure aggregation only)
+    pair_publics: dict[int, bytes] | None = None
 
     @property
     def num_peers(self) -> int:
@@ -229,8 +240,47 @@ def build_world(config: ExperimentConfig) -> World:
         )
     samples = [samples_per_round(len(s), tcfg) for s in shards]
     config = _resolve_automatic(config, schedule, samples, cost, network, params0.size)
-    codec = Codec(PROTOCOLS[config.protocol.kind].messages, vector_size=params0.size)
-    return World(config, schedule, dataset, shards, template, params0, network, cost, codec)
+    pair_publics = None
+    if config.security.secure_aggregation:
+        with _section("security"):
+            _check_security(config, schedule)
+        pair_publics = pair_key_directory(_key_seed(config.seed), range(participants))[1]
+    codec = Codec(_messages(config), vector_size=params0.size)
+    return World(
+        config, schedule, dataset, shards, template, params0, network, cost, codec, pair_publics
+    )
+
+
+def _key_seed(seed: int) -> bytes:
+    """16 bytes from the run seed for every peer's long-term keys (simulation: see the
+    caveat in :mod:`p2pfed.crypto.secagg`)."""
+    return _streams(seed)["keys"].generate_state(4, dtype=np.uint32).tobytes()
+
+
+def _messages(config: ExperimentConfig) -> tuple[type[Message], ...]:
+    kind = config.protocol.kind
+    if config.security.secure_aggregation:
+        return SecureFedAvg.messages if kind == "fedavg" else SecureDPSGD.messages
+    return PROTOCOLS[kind].messages
+
+
+def _check_security(config: ExperimentConfig, schedule: TopologySchedule) -> None:
+    """Group sizes, ring capacity and share settings, before any peer starts."""
+    pcfg, n = config.protocol, config.num_peers
+    try:
+        if pcfg.kind == "fedavg":
+            check_groups(config.security, {n: [n]}, scope="star")
+        else:
+            steps = 1 if schedule.is_static else min(pcfg.rounds, schedule.period or pcfg.rounds)
+            rounds = range(steps)
+            groups: dict[int, list[int]] = {i: [] for i in range(n)}
+            for r in rounds:
+                topo = schedule.at(r)
+                for i in range(n):
+                    groups[i].append(len(topo.in_neighbours(i)))
+            check_groups(config.security, groups, scope="nbhd")
+    except ValueError as exc:
+        raise ConfigError(str(exc), key="security.aggregation") from None
 
 
 def build_peers(world: World, ids: Sequence[int], device: str) -> list[PeerSlot]:
@@ -273,6 +323,8 @@ def _protocol(world: World, peer: int, seed: int) -> Protocol[Any]:
         "steps": tcfg.local_steps,
         "timeout": pcfg.timeout,
     }
+    if world.config.security.secure_aggregation:
+        return _secure_protocol(world, peer, seed)
     if pcfg.kind in FED_PROTOCOLS:
         return build_fed_protocol(
             pcfg.kind,  # type: ignore[arg-type]
@@ -287,6 +339,44 @@ def _protocol(world: World, peer: int, seed: int) -> Protocol[Any]:
             **common,
         )
     return build_protocol(pcfg.kind, peer, world.schedule, **common)  # type: ignore[arg-type]
+
+
+def _secure_protocol(world: World, peer: int, seed: int) -> Protocol[Any]:
+    cfg = world.config
+    pcfg, tcfg, sec = cfg.protocol, cfg.training, cfg.security
+    assert world.pair_publics is not None and pcfg.timeout is not None
+    assert sec.phase_timeout is not None
+    pair = pair_keys(peer, pair_seed(_key_seed(cfg.seed), peer), world.pair_publics)
+    if pcfg.kind == "fedavg":
+        secure = SecureSum(
+            peer,
+            secure_settings(sec, pcfg.timeout, sec.phase_timeout, "star"),
+            pair,
+            world.num_params + 1,
+        )
+        return SecureFedAvg(
+            peer,
+            world.num_peers,
+            rounds=pcfg.rounds,
+            seed=seed,
+            secure=secure,
+            max_weight=sec.max_weight,
+            server_lr=pcfg.server_lr,
+            epochs=tcfg.local_epochs,
+            steps=tcfg.local_steps,
+        )
+    secure = SecureSum(
+        peer, secure_settings(sec, pcfg.timeout, sec.phase_timeout, "nbhd"), pair, world.num_params
+    )
+    return SecureDPSGD(
+        peer,
+        world.schedule,
+        rounds=pcfg.rounds,
+        seed=seed,
+        secure=secure,
+        epochs=tcfg.local_epochs,
+        steps=tcfg.local_steps,
+    )
 
 
 def build_evaluator(world: World, device: str) -> Evaluator:
@@ -337,6 +427,10 @@ def _resolve_automatic(
         if pcfg.kind != "gossip":
             wait += 2 * slowest
         pcfg = pcfg.model_copy(update={"timeout": _round_up(wait)})
+    sec = config.security
+    if sec.secure_aggregation and sec.phase_timeout is None:
+        # a later phase of a secure session is one round trip with every client
+        sec = sec.model_copy(update={"phase_timeout": _round_up(10 * delay + 2 * queue)})
     ecfg = config.eval
     trips = 2 if pcfg.kind == "gossip" or pcfg.has_coordinator else 1
     round_time = slowest + queue + trips * delay
@@ -353,13 +447,14 @@ def _resolve_automatic(
                 f"{_round_up(pcfg.rounds * round_time / _MAX_EVAL_TICKS)}",
                 key="eval.interval",
             )
-    return config.model_copy(update={"protocol": pcfg, "eval": ecfg})
+    return config.model_copy(update={"protocol": pcfg, "eval": ecfg, "security": sec})
 
 
 #: wall-time defaults: real training time is unknown before the run, so waits are generous
 #: (a timeout only costs time when a message is really lost)
 WALL_TIMEOUT_S = {"gossip": 10.0, "dpsgd": 30.0, "fedavg": 30.0, "fedasync": 30.0, "fedbuff": 30.0}
 WALL_EVAL_INTERVAL_S = 1.0
+WALL_PHASE_TIMEOUT_S = 10.0
 
 
 def _resolve_wall(config: ExperimentConfig) -> ExperimentConfig:
@@ -369,7 +464,10 @@ def _resolve_wall(config: ExperimentConfig) -> ExperimentConfig:
         pcfg = pcfg.model_copy(update={"timeout": WALL_TIMEOUT_S[pcfg.kind]})
     if ecfg.interval is None:
         ecfg = ecfg.model_copy(update={"interval": WALL_EVAL_INTERVAL_S})
-    return config.model_copy(update={"protocol": pcfg, "eval": ecfg})
+    sec = config.security
+    if sec.secure_aggregation and sec.phase_timeout is None:
+        sec = sec.model_copy(update={"phase_timeout": WALL_PHASE_TIMEOUT_S})
+    return config.model_copy(update={"protocol": pcfg, "eval": ecfg, "security": sec})
 
 
 def _round_up(x: float) -> float:
@@ -422,11 +520,14 @@ def run(
     taps: Sequence[Tap] = (),
     progress: str | None = None,
     overwrite: bool = False,
+    interceptors: Sequence[Interceptor] = (),
 ) -> Result:
     """Run one experiment and return its :class:`Result`.
 
     ``config`` is a config object, a YAML path, a raw mapping, or ``None`` for the embedded
-    default. ``taps`` see every frame that enters the wire (adversaries and tests use them).
+    default. ``taps`` see every frame that enters the wire (adversaries and tests use them);
+    ``interceptors`` sit on the path and may drop, alter, replay or inject frames (see
+    :class:`~p2pfed.runtime.engine.PeerEngine`).
     A run directory that already holds a run is refused unless ``overwrite`` is set.
     """
     if isinstance(config, ExperimentConfig):
@@ -446,7 +547,7 @@ def run(
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.runtime.torch_threads)
     try:
-        return _run(cfg, source, out, taps, progress, wall0, overwrite)
+        return _run(cfg, source, out, taps, progress, wall0, overwrite, interceptors)
     finally:
         torch.set_num_threads(threads)
 
@@ -459,11 +560,12 @@ def _run(
     progress: str | None,
     wall0: float,
     overwrite: bool,
+    interceptors: Sequence[Interceptor] = (),
 ) -> Result:
     try:
         world = build_world(cfg)
         built_at = time.perf_counter()
-        runtime = _make_runtime(world, taps)
+        runtime = _make_runtime(world, taps, interceptors)
         started_at = time.perf_counter()
     except ConfigError as exc:
         if exc.source is not None:
@@ -546,10 +648,11 @@ class _Runtime(typing.Protocol):
 class _InProcess:
     """The local runtime, built in this process."""
 
-    def __init__(self, world: World, taps: Sequence[Tap]):
+    def __init__(self, world: World, taps: Sequence[Tap], interceptors: Sequence[Interceptor]):
         device = resolve_device(world.config.runtime.device)
         self.world = world
         self.taps = taps
+        self.interceptors = interceptors
         self.peers = build_peers(world, range(world.participants), device)
         self.evaluator = build_evaluator(world, device)
         self.runtime: LocalRuntime | None = None
@@ -571,6 +674,8 @@ class _InProcess:
             observer=observer,
             taps=self.taps,
             evaluated=w.num_peers,
+            links=link_guard(cfg.security, cfg.seed, w.participants, range(w.participants)),
+            interceptors=self.interceptors,
         )
         return self.runtime.run()
 
@@ -584,12 +689,14 @@ class _InProcess:
         pass
 
 
-def _make_runtime(world: World, taps: Sequence[Tap]) -> _Runtime:
+def _make_runtime(
+    world: World, taps: Sequence[Tap], interceptors: Sequence[Interceptor] = ()
+) -> _Runtime:
     if world.config.runtime.kind == "ray":
         from p2pfed.runtime.ray_runtime import RayRuntime  # ray is imported only when asked for
 
-        return RayRuntime(world, taps=taps)
-    return _InProcess(world, taps)
+        return RayRuntime(world, taps=taps, interceptors=interceptors)
+    return _InProcess(world, taps, interceptors)
 
 
 def _summary(
@@ -625,6 +732,7 @@ def _summary(
         "messages": outcome.frames if outcome is not None else {},
         "bytes": recorder.byte_totals(),
         "frames_rejected": recorder.rejected,
+        "frames_rejected_by_reason": dict(sorted(recorder.rejected_by_reason.items())),
         "protocol_events": counters,
         "diverged_peers": [p.id for p in peers if p.diverged],
         "warnings": _warnings(cfg, reports, counters),

@@ -6,7 +6,7 @@
       config.yaml            the resolved experiment (topology file inlined)
       events.jsonl           structlog JSON event log (run_id, peer, t bound on each line)
       metrics.jsonl          one line per peer per evaluation tick
-      edges.csv              per directed edge: frames, lost, payload / metadata bytes
+      edges.csv              per directed edge: frames, lost, payload / metadata / crypto bytes
       label_histograms.json  per-peer label counts of the training shards
       summary.json           final accuracy, virtual and wall time, messages, bytes, status
 
@@ -55,11 +55,12 @@ class RunRecorder:
             ],
             wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[log_level]),
         ).bind(run_id=run_id)
-        # (src, dst) -> [frames delivered to the wire, lost, payload bytes, metadata bytes]
-        self.edges: dict[tuple[int, int], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+        # (src, dst) -> [frames delivered to the wire, lost, payload, metadata, crypto bytes]
+        self.edges: dict[tuple[int, int], list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
         self.last_rows: list[MetricRow] = []
         self.progress_hook: Any = None
         self.rejected = 0
+        self.rejected_by_reason: dict[str, int] = {}
 
     # --- RunObserver ------------------------------------------------------------------------
 
@@ -68,6 +69,7 @@ class RunRecorder:
         e[0] += 1
         e[2] += size.payload
         e[3] += size.metadata
+        e[4] += size.crypto
         self.log.debug("update_sent", t=t, peer=src, to=dst, type=kind, bytes=size.total)
 
     def frame_lost(self, t: float, src: int, dst: int, kind: str, size: FrameSize) -> None:
@@ -76,10 +78,12 @@ class RunRecorder:
         e[1] += 1
         e[2] += size.payload
         e[3] += size.metadata
+        e[4] += size.crypto
         self.log.info("frame_lost", t=t, peer=src, to=dst, type=kind, bytes=size.total)
 
     def frame_rejected(self, t: float, src: int, dst: int, reason: str) -> None:
         self.rejected += 1
+        self.rejected_by_reason[reason] = self.rejected_by_reason.get(reason, 0) + 1
         self.log.warning("frame_rejected", t=t, peer=dst, sender=src, reason=reason)
 
     def peer_event(self, t: float, peer: int, name: str, fields: dict[str, Any]) -> None:
@@ -118,14 +122,20 @@ class RunRecorder:
     def write_edges(self) -> None:
         with (self.run_dir / "edges.csv").open("w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["src", "dst", "frames", "lost", "payload_bytes", "metadata_bytes"])
-            for (src, dst), (frames, lost, payload, meta) in sorted(self.edges.items()):
-                w.writerow([src, dst, frames, lost, payload, meta])
+            w.writerow(
+                ["src", "dst", "frames", "lost", "payload_bytes", "metadata_bytes", "crypto_bytes"]
+            )
+            for (src, dst), counts in sorted(self.edges.items()):
+                w.writerow([src, dst, *counts])
 
     def byte_totals(self) -> dict[str, int]:
-        payload = sum(e[2] for e in self.edges.values())
-        meta = sum(e[3] for e in self.edges.values())
-        return {"payload": payload, "metadata": meta, "total": payload + meta}
+        payload, meta, crypto = (sum(e[k] for e in self.edges.values()) for k in (2, 3, 4))
+        return {
+            "payload": payload,
+            "metadata": meta,
+            "crypto": crypto,
+            "total": payload + meta + crypto,
+        }
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         text = json.dumps(finite(summary), indent=2, allow_nan=False, default=_json_default)

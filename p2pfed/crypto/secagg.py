@@ -22,12 +22,12 @@ Masking (client ``u`` with input ``x_u`` in ``Z_2^k``)::
 
     y_u = x_u + PRG(b_u) + sum_{v in N(u), v > u} PRG(s_uv) - sum_{v in N(u), v < u} PRG(s_uv)
 
-``b_u`` is a fresh 16-byte self-mask seed; ``s_uv`` is HKDF-SHA256 of the X25519 agreement
-between ``u``'s and ``v``'s fresh per-session mask keys, with the session and both ids in the
-context; ``PRG`` is AES-128-CTR (:func:`p2pfed.crypto.sharing.expand`). ``N(u)`` is ``u``'s
-neighbourhood in the masking graph: everyone (SecAgg) or, with ``num_shares`` below the group
-size, a Harary graph of degree ``num_shares - 1`` over a permutation of the clients drawn from
-the session id (SecAgg+). ``u`` Shamir-shares (pycryptodome, GF(2^128), 16-byte secrets)
+``b_u`` is a fresh 16-byte self-mask seed; ``s_uv`` is derived (:func:`kdf`) from the X25519
+agreement between ``u``'s and ``v``'s fresh per-session mask keys, with the session and both
+ids in the context; ``PRG`` is AES-128-CTR (:func:`p2pfed.crypto.sharing.expand`). ``N(u)`` is
+``u``'s neighbourhood in the masking graph: everyone (SecAgg) or, with ``num_shares`` below
+the group size, a Harary graph of degree ``num_shares - 1`` over a permutation of the clients
+drawn from the session id (SecAgg+). ``u`` Shamir-shares (pycryptodome, GF(2^128), 16-byte secrets)
 both ``b_u`` and the 16-byte seed of its mask key among ``N(u) + {u}`` with threshold ``t``.
 
 Phases (``U1 ⊇ U2 ⊇ U3 ⊇ U4``: the clients still there after each):
@@ -54,6 +54,12 @@ sealed end to end (16 bytes each, relayed by the aggregator). Member ``m`` adds 
 it holds, ``sum_j PRG(seed_jm)`` (its partial sum). These are the additive shares of
 :func:`p2pfed.crypto.sharing.share`, each but one carried as its seed, so a share costs 16
 bytes instead of a vector on the wire.
+
+Key derivation: keys made once per run (a peer's long-term pair-key seed) use HKDF-SHA256;
+keys made per session use the one-step KDF of NIST SP 800-56C rev. 2, section 4.1, option 1
+(``SHA-256(counter || Z || label || context)``, :func:`kdf`), an approved KDF for a shared
+secret ``Z`` that costs one hash call: pycryptodome's HKDF measured ~150 us a call here, which
+made key derivation the largest cost of a D-PSGD round under secagg.
 
 Pure: numpy, networkx and pycryptodome; no Ray, no clock; randomness only from the generator
 passed in (and Shamir's coefficients, above).
@@ -101,11 +107,18 @@ class AbortError(SecAggError):
 # --- long-term pairwise keys: sealing client-to-client messages relayed by the aggregator --
 
 
+def kdf(secret: bytes, label: bytes, context: bytes, n: int) -> bytes:
+    """NIST SP 800-56C rev. 2 one-step key derivation with SHA-256 (one block: ``n <= 32``),
+    ``label`` and ``context`` as the FixedInfo (both fixed-format, so unambiguous)."""
+    if not 0 < n <= 32:
+        raise ValueError("one SHA-256 block derives at most 32 bytes")
+    return hashlib.sha256(b"\x00\x00\x00\x01" + secret + label + context).digest()[:n]
+
+
 def x25519_from_seed(seed: bytes, purpose: bytes) -> ECC.EccKey:
-    """An X25519 private key derived from a secret ``seed`` (HKDF-SHA256, ``purpose`` as the
-    context), so a 16-byte seed can stand for the key (and be Shamir-shared)."""
-    raw = HKDF(seed, 32, b"p2pfed-x25519-v1", SHA256, context=purpose)
-    return ECC.construct(curve="Curve25519", seed=raw)
+    """An X25519 private key derived from a secret ``seed`` (``purpose`` as the context), so a
+    16-byte seed can stand for the key (and be Shamir-shared)."""
+    return ECC.construct(curve="Curve25519", seed=kdf(seed, b"p2pfed-x25519-v1", purpose, 32))
 
 
 def public_bytes(key: ECC.EccKey) -> bytes:
@@ -118,10 +131,9 @@ def _agree(private: ECC.EccKey, public: bytes, salt: bytes, context: bytes, n: i
     except ValueError:
         raise SecAggError("invalid X25519 public key") from None
 
-    def kdf(secret: bytes) -> bytes:
-        return HKDF(secret, n, salt, SHA256, context=context)
-
-    return key_agreement(static_priv=private, static_pub=theirs, kdf=kdf)
+    return key_agreement(
+        static_priv=private, static_pub=theirs, kdf=lambda z: kdf(z, salt, context, n)
+    )
 
 
 class PairKeys:
@@ -151,7 +163,7 @@ class PairKeys:
 
     def key(self, other: int, purpose: bytes, session: bytes, src: int, dst: int) -> bytes:
         info = purpose + session + struct.pack(">II", src, dst)
-        return HKDF(self._secret(other), 16, b"p2pfed-pair-key-v1", SHA256, context=info)
+        return kdf(self._secret(other), b"p2pfed-pair-key-v1", info, 16)
 
     def seal(self, other: int, purpose: bytes, session: bytes, plaintext: bytes) -> bytes:
         key = self.key(other, purpose, session, self.peer, other)
@@ -275,6 +287,8 @@ class SecAggClient:
     pair: PairKeys = field(repr=False)
     rng: np.random.Generator = field(repr=False)
     _mask_seed_secret: bytes = field(default=b"", repr=False)
+    _mask_private: ECC.EccKey | None = field(default=None, repr=False)
+    _mask_public: bytes = b""
     _self_seed: bytes = field(default=b"", repr=False)
     _roster: dict[int, bytes] = field(default_factory=dict, repr=False)
     _held: dict[int, tuple[int, bytes, int, bytes]] = field(default_factory=dict, repr=False)
@@ -293,10 +307,14 @@ class SecAggClient:
         """Phase 1: a fresh mask key; returns its public half."""
         self._mask_seed_secret = self.rng.bytes(SEED_BYTES)
         self._self_seed = self.rng.bytes(SEED_BYTES)
-        return public_bytes(self._mask_key())
+        self._mask_private = x25519_from_seed(self._mask_seed_secret, b"mask" + self.spec.session)
+        self._mask_public = public_bytes(self._mask_private)
+        return self._mask_public
 
     def _mask_key(self) -> ECC.EccKey:
-        return x25519_from_seed(self._mask_seed_secret, b"mask" + self.spec.session)
+        if self._mask_private is None:
+            raise SecAggError("no mask key before advertise")
+        return self._mask_private
 
     def share_keys(self, roster: Mapping[int, bytes]) -> dict[int, bytes]:
         """Phase 2: given the mask public keys of the clients in ``U1`` (this one's
@@ -306,7 +324,7 @@ class SecAggClient:
         if self._roster:
             # a second round of shares would reuse the (key, nonce) of the first seals
             raise SecAggError("share_keys asked twice in one session")
-        if roster.get(self.peer) != public_bytes(self._mask_key()):
+        if roster.get(self.peer) != self._mask_public:
             raise SecAggError("the roster does not carry this client's own key")
         if len(set(roster.values())) != len(roster):
             raise SecAggError("the roster repeats a key")

@@ -49,14 +49,16 @@ class Frame:
 
 @dataclass(frozen=True)
 class FrameSize:
-    """Bytes of one encoded frame, split into payload (array data) and metadata (the rest)."""
+    """Bytes of one frame on the wire, split into payload (array data), metadata (the rest of
+    the encoded frame) and crypto (what sealing the frame added: header, type name, tag)."""
 
     payload: int
     metadata: int
+    crypto: int = 0
 
     @property
     def total(self) -> int:
-        return self.payload + self.metadata
+        return self.payload + self.metadata + self.crypto
 
 
 class Codec:
@@ -156,7 +158,12 @@ class Codec:
             if not _CHECKS[fields[key]](value):
                 raise FrameError(f"field {key} of {name} is not a {fields[key].__name__}")
             size = self.vector_size
-            if isinstance(value, np.ndarray) and size is not None and value.shape != (size,):
+            if (
+                isinstance(value, np.ndarray)
+                and size is not None
+                and value.shape != (size,)
+                and key not in cls.free_shape
+            ):
                 raise FrameError(
                     f"field {key} of {name} has shape {value.shape}, expected ({size},)"
                 )

@@ -79,7 +79,12 @@ Event = Started | TrainingDone | MessageArrived | TimerFired | PeerDown
 class Message:
     """Base of every protocol message. Subclasses are frozen dataclasses whose fields are
     ints, floats, strings or numpy arrays; :mod:`p2pfed.protocol.codec` turns them into
-    msgpack frames."""
+    msgpack frames.
+
+    ``free_shape`` names array fields exempt from the codec's model-size check (id lists,
+    masked vectors with an extra weight slot); the protocol checks their shapes itself."""
+
+    free_shape: ClassVar[frozenset[str]] = frozenset()
 
 
 # --- effects: what a peer asks the runtime to do ------------------------------------------

@@ -8,7 +8,7 @@ a :class:`RunObserver`, so recording, taps and progress display stay out of the 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -18,6 +18,11 @@ from p2pfed.training import LocalTrainer
 
 #: A wire tap sees every frame that enters the wire: (time, src, dst, frame bytes).
 Tap = Callable[[float, int, int, bytes], None]
+
+#: An on-path interceptor: (time, src, dst, frame bytes) -> the frames that go on instead
+#: (``[frame]`` passes it, ``[]`` drops it, a changed frame tampers, two frames replay or
+#: inject one). See :class:`~p2pfed.runtime.engine.PeerEngine`.
+Interceptor = Callable[[float, int, int, bytes], Sequence[bytes]]
 
 
 @dataclass

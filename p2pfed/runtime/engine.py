@@ -9,7 +9,16 @@ protocol state machines and executes the effects they return:
 * ``Send`` encodes the message into a frame, shows it to every tap, asks the network model
   for departure, arrival and loss, and schedules the frame's arrival — on this engine's heap
   when the receiver is local, in the outbox when it lives elsewhere; the receiver decodes the
-  *bytes* (never the sender's objects), so the wire is real;
+  *bytes* (never the sender's objects), so the wire is real. With a
+  :class:`~p2pfed.crypto.links.LinkGuard` (``security.channel: aead``) the whole frame is
+  sealed for its link before anything else sees it: taps see only sealed bytes, the byte
+  accounting counts the seal's overhead as ``crypto``, and the receiver opens the frame
+  before decoding it. A frame that fails to open (tampered, replayed, expired, or under a
+  refused key advert) is counted as rejected and reported with its reason; the receiving
+  peer never sees it and keeps running. A frame that cannot be sealed (the receiver's advert
+  is refused) counts as sent and rejected, at the sender. Sealing gives up the broadcast
+  body sharing described at :class:`OutFrame`: each link's ciphertext differs, so every
+  frame of a broadcast carries its own copy;
 * ``SetTimer`` schedules ``TimerFired``; ``Emit`` goes to the event log; ``Stop`` retires
   the peer from training. A stopped peer still receives frames (others may be mid-exchange
   with it) but its timers and training completions are discarded.
@@ -32,12 +41,22 @@ delayed by ``slowdown - 1`` times its measured duration, without blocking the ot
 of its host), and frames are sent at the current time with the network model's latency.
 The engine never reads a clock itself; the host that drives it owns one.
 
+On-path interceptors. ``interceptors`` stand for an adversary on the path (and let tests
+tamper): each is called with every frame after sealing and after the taps, before the
+network model, and returns the frames that go on in its place — none drops it (counted as
+lost), a changed one tampers with it, several replay it or inject others. Every frame that
+goes on is a frame sent: it takes its own pass through the network model, with the original
+frame's byte split when its length is unchanged (so tampering in place keeps the run's
+timing) and as all-metadata bytes otherwise. Interceptors must be deterministic in their
+arguments and calls for runs to be reproducible; under Ray every host calls its own copy.
+
 Evaluation and termination are the driver's business (:mod:`p2pfed.runtime.virtual` under
 virtual time, the Ray runtime's wall loop under wall time).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -46,6 +65,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from p2pfed.crypto.channel import SealError
+from p2pfed.crypto.links import LinkGuard
 from p2pfed.errors import FrameError, ProtocolError
 from p2pfed.protocol.codec import Codec, FrameSize
 from p2pfed.protocol.core import (
@@ -62,7 +83,14 @@ from p2pfed.protocol.core import (
     Train,
     TrainingDone,
 )
-from p2pfed.runtime.base import NullObserver, PeerReport, PeerSlot, RunObserver, Tap
+from p2pfed.runtime.base import (
+    Interceptor,
+    NullObserver,
+    PeerReport,
+    PeerSlot,
+    RunObserver,
+    Tap,
+)
 from p2pfed.timing import CostModel, NetworkModel
 
 _EVENT, _FRAME = 0, 1
@@ -71,7 +99,8 @@ _EVENT, _FRAME = 0, 1
 class OutFrame(NamedTuple):
     """A frame on its way to a peer that lives in another engine: ``head + body`` (the
     codec's envelope and the message body, kept apart so that the frames of one broadcast
-    share one body object and a batch carries it once)."""
+    share one body object and a batch carries it once). A sealed frame, or one an
+    interceptor passed on, is all ``head`` with an empty body: nothing is shared then."""
 
     arrive: float
     dst: int
@@ -112,12 +141,19 @@ class PeerEngine:
         observer: RunObserver | None = None,
         taps: Sequence[Tap] = (),
         clock: Callable[[], float] | None = None,
+        links: LinkGuard | None = None,
+        interceptors: Sequence[Interceptor] = (),
     ):
+        """``links`` seals every frame of the local peers (it must hold all of them);
+        ``interceptors`` act on every frame sent (see the module docstring)."""
         self.peers: dict[int, PeerSlot] = {p.id: p for p in peers}
         if len(self.peers) != len(peers):
             raise ValueError("peer ids must be unique")
         if any(not 0 <= i < num_participants for i in self.peers):
             raise ValueError(f"peer ids must lie in 0..{num_participants - 1}")
+        if links is not None and not set(self.peers) <= links.local:
+            missing = sorted(set(self.peers) - links.local)
+            raise ValueError(f"the LinkGuard holds no identity for local peers {missing[:10]}")
         self.num_participants = num_participants
         self.codec = codec
         self.network = network
@@ -125,6 +161,8 @@ class PeerEngine:
         self.observer: RunObserver = observer or NullObserver()
         self.taps = list(taps)
         self.clock = clock  # None: virtual time
+        self.links = links
+        self.interceptors = list(interceptors)
         self.now = 0.0  # time of the last event delivered
         self.events = 0  # events delivered (discarded ones not counted)
         self.completed = 0  # local rounds completed by all local peers
@@ -300,10 +338,39 @@ class PeerEngine:
         size = FrameSize(payload=payload, metadata=len(head) + len(body) - payload)
         if self.clock is not None:
             self.now = max(self.now, self.clock())
+        if self.links is not None:
+            try:
+                head = self.links.seal(src, dst, kind, self.now, head + body)
+            except SealError as exc:  # the receiver's key advert was refused: fail closed
+                self.frames["sent"] += 1
+                self._reject(src, dst, f"cannot seal: {exc.reason}")
+                return
+            body = b""
+            size = dataclasses.replace(size, crypto=len(head) - size.total)
         if self.taps:
             frame = head + body
             for tap in self.taps:
                 tap(self.now, src, dst, frame)
+        if not self.interceptors:
+            self._transmit(src, dst, kind, head, body, size)
+            return
+        wire = [head + body]
+        for intercept in self.interceptors:
+            wire = [out for f in wire for out in intercept(self.now, src, dst, f)]
+        if not wire:  # dropped on the path: to the peers, a lost frame
+            self.frames["sent"] += 1
+            self.frames["lost"] += 1
+            self.observer.frame_lost(self.now, src, dst, kind, size)
+            return
+        for f in wire:
+            f = bytes(f)
+            same = len(f) == size.total
+            self._transmit(src, dst, kind, f, b"", size if same else FrameSize(0, len(f)))
+
+    def _transmit(
+        self, src: int, dst: int, kind: str, head: bytes, body: bytes, size: FrameSize
+    ) -> None:
+        """Put one frame (``head + body``) on the wire from ``src`` to ``dst``."""
         tx = self.network.transmit(src, size.total, self.now)
         self.frames["sent"] += 1
         if tx.lost:
@@ -318,17 +385,29 @@ class PeerEngine:
             self._seq[src] = seq + 1
             self.outbox.append(OutFrame(tx.arrive, dst, src, seq, head, body))
 
+    def _reject(self, src: int, dst: int, reason: str) -> None:
+        self.frames["rejected"] += 1
+        self.observer.frame_rejected(self.now, src, dst, reason)
+
     def _on_frame(self, peer: PeerSlot, payload: tuple[int, bytes]) -> None:
         src, frame = payload
+        sealed_as = None
+        if self.links is not None:
+            try:
+                sealed_as, frame = self.links.open(src, peer.id, self.now, frame)
+            except SealError as exc:
+                self._reject(src, peer.id, exc.reason)
+                return
         try:
             decoded = self.codec.decode(frame)
         except FrameError as exc:
-            self.frames["rejected"] += 1
-            self.observer.frame_rejected(self.now, src, peer.id, str(exc))
+            self._reject(src, peer.id, str(exc))
             return
         if decoded.dst != peer.id or decoded.src != src:
-            self.frames["rejected"] += 1
-            self.observer.frame_rejected(self.now, src, peer.id, "envelope does not match the link")
+            self._reject(src, peer.id, "envelope does not match the link")
+            return
+        if sealed_as is not None and type(decoded.message).__name__ != sealed_as:
+            self._reject(src, peer.id, "message type does not match its seal")
             return
         self.frames["delivered"] += 1
         self._deliver(peer, MessageArrived(src, decoded.message))

@@ -10,8 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from p2pfed.crypto.links import LinkGuard
 from p2pfed.protocol.codec import Codec
-from p2pfed.runtime.base import NullObserver, PeerReport, PeerSlot, RunObserver, Tap
+from p2pfed.runtime.base import (
+    Interceptor,
+    NullObserver,
+    PeerReport,
+    PeerSlot,
+    RunObserver,
+    Tap,
+)
 from p2pfed.runtime.engine import PeerEngine, Snapshot
 from p2pfed.runtime.virtual import Evaluation, HostsState, RunOutcome, run_virtual
 from p2pfed.timing import CostModel, NetworkModel
@@ -55,7 +63,9 @@ class LocalRuntime:
     """Drives every participant in this process.
 
     ``peers`` are numbered 0..n-1 in order; the first ``evaluated`` of them (default: all)
-    are scored at every evaluation tick (a coordinator holds no data and is not).
+    are scored at every evaluation tick (a coordinator holds no data and is not). ``links``
+    seals every frame (it holds every peer's identity), ``interceptors`` sit on the path;
+    see :class:`~p2pfed.runtime.engine.PeerEngine`.
     """
 
     def __init__(
@@ -71,6 +81,8 @@ class LocalRuntime:
         observer: RunObserver | None = None,
         taps: Sequence[Tap] = (),
         evaluated: int | None = None,
+        links: LinkGuard | None = None,
+        interceptors: Sequence[Interceptor] = (),
     ):
         if [p.id for p in peers] != list(range(len(peers))):
             raise ValueError("peers must be numbered 0..n-1 in order")
@@ -79,7 +91,15 @@ class LocalRuntime:
         self.peers = list(peers)
         self.observer: RunObserver = observer or NullObserver()
         self.engine = PeerEngine(
-            peers, len(peers), codec, network, cost, observer=self.observer, taps=taps
+            peers,
+            len(peers),
+            codec,
+            network,
+            cost,
+            observer=self.observer,
+            taps=taps,
+            links=links,
+            interceptors=interceptors,
         )
         self.evaluation = Evaluation(
             evaluator, len(peers) if evaluated is None else evaluated, self.observer

@@ -1,0 +1,1025 @@
+"""Secure aggregation as protocol state machines: D-PSGD whose neighbourhood averages are
+computed blind (each peer learns only the weighted sum of its neighbours' models), and
+FedAvg whose coordinator learns only the sum of the clients' weighted models.
+
+Two mechanisms (:mod:`p2pfed.crypto.secagg` has the cryptography and its threat model):
+
+* ``secret-share``: every client of a session splits its encoded input into one additive
+  share per group member: the shares for the others travel as 16-byte seeds, sealed end to
+  end and relayed by the aggregator once it knows who is ready (``SsOffer`` -> ``SsSeeds``);
+  each member then returns one vector, the share it kept plus the shares it holds for the
+  others (``SsShare``), and the aggregator adds those up. No party short of the whole group
+  sees anything but uniform noise, and a client's input costs one vector on the wire, as in
+  plain D-PSGD. There is no dropout recovery: a member that never returns its vector makes
+  the session abort.
+* ``secagg``: Bonawitz et al. (CCS'17) pairwise masking with Shamir-shared self masks and
+  mask keys, over SecAgg+ sparse masking graphs (Bell et al., CCS'20) when ``num_shares`` is
+  below the group size; clients that drop at any phase are recovered while at least
+  ``threshold`` remain.
+
+A *session* is one secure sum: aggregator ``a`` (a peer for its neighbourhood, or the
+coordinator), round ``r``, clients fixed beforehand (``a``'s in-neighbours in round ``r``'s
+topology, or every client). Sessions are asynchronous, with virtual- (or wall-) time
+deadlines: the first phase waits ``timeout`` seconds from the moment the aggregator is ready
+(clients are still training), each later phase ``phase_timeout`` (a round trip); at a later
+phase's deadline the requests go once more to the clients not heard from (a lost frame is
+not a dropout; a client answers a repeated request with its first answer, never a new one),
+and at the second deadline the silent clients count as dropouts of that phase. Below
+:data:`MIN_GROUP` contributors, or below the threshold, the session aborts and the caller
+moves on without the sum (D-PSGD keeps its own model for that round, FedAvg keeps the global
+model). Inputs are clipped to
+``±clipping_range`` and quantised into ``Z_2^32`` (or ``Z_2^64``) with step
+``2 clipping_range / quantization_range`` (stochastic rounding from the peer's seeded
+generator), so the decoded sum is within ``n 2c/Q`` per coordinate of the clipped sum.
+
+Message flow of one session (``S`` = the aggregator, ``C`` = a client)::
+
+    secagg:        C->S SaAdvert   S->C SaRoster   C->S SaShares   S->C SaRouted
+                   C->S SaMasked   S->C SaUnmask   C->S SaReveal
+    secret-share:  C->S SsOffer    S->C SsSeeds    C->S SsShare
+
+D-PSGD round ``r`` at peer ``i`` (:class:`SecureDPSGD`): train to ``h_i``; join the session of
+every out-neighbour ``a`` with input ``W_ai h_i``; open its own session over its
+in-neighbours; when it ends, ``x_i = (W_ii + sum of the missing W_ij) h_i + sum_j W_ij h_j``
+over the contributors ``j`` (exactly D-PSGD's rule for missing neighbours), then the next
+round. FedAvg (:class:`SecureFedAvg`): the coordinator broadcasts the global model and opens
+the round's session; a client trains and joins it with input ``(w x_k, w)``, ``w =
+min(samples_k, max_weight) / max_weight``; the coordinator's new model is
+``(1 - server_lr) x + server_lr * sum(w x_k) / sum(w)``. An aborted round keeps ``x`` and the
+run moves on to the next round. Lost frames are not re-sent (the session deadline absorbs
+them as dropouts).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+
+from p2pfed.crypto.config import MIN_GROUP
+from p2pfed.crypto.fixedpoint import FixedPoint, FixedPointError
+from p2pfed.crypto.secagg import (
+    KEY_BYTES,
+    SEALED_SEED_BYTES,
+    SEALED_SHARE_BYTES,
+    SHARE_BYTES,
+    AbortError,
+    PairKeys,
+    SecAggClient,
+    SecAggError,
+    SecAggServer,
+    SessionSpec,
+    partial_sum,
+    session_id,
+    share_contribution,
+    share_seeds,
+)
+from p2pfed.errors import ProtocolError
+from p2pfed.protocol.core import (
+    Effect,
+    Emit,
+    Event,
+    Message,
+    MessageArrived,
+    PeerDown,
+    Protocol,
+    Send,
+    SetTimer,
+    Started,
+    Stop,
+    TimerFired,
+    Train,
+    TrainingDone,
+)
+from p2pfed.protocol.fed import GlobalModel
+from p2pfed.topology import TopologySchedule
+
+SecureMode = Literal["secret-share", "secagg"]
+
+# --- messages (``agg`` and ``round`` name the session) ------------------------------------
+
+_IDS = frozenset({"peers", "to", "owners", "survivors", "y", "z"})
+
+
+@dataclass(frozen=True)
+class SaAdvert(Message):
+    agg: int
+    round: int
+    key: bytes  # the client's fresh mask public key
+
+
+@dataclass(frozen=True)
+class SaRoster(Message):
+    free_shape: ClassVar[frozenset[str]] = _IDS
+    agg: int
+    round: int
+    peers: np.ndarray  # int64 ids
+    keys: bytes  # their mask public keys, 32 bytes each, in the same order
+
+
+@dataclass(frozen=True)
+class SaShares(Message):
+    free_shape: ClassVar[frozenset[str]] = _IDS
+    agg: int
+    round: int
+    to: np.ndarray  # int64 holder ids
+    blobs: bytes  # sealed shares, SEALED_SHARE_BYTES each
+
+
+@dataclass(frozen=True)
+class SaRouted(Message):
+    free_shape: ClassVar[frozenset[str]] = _IDS
+    agg: int
+    round: int
+    owners: np.ndarray
+    blobs: bytes
+
+
+@dataclass(frozen=True)
+class SaMasked(Message):
+    free_shape: ClassVar[frozenset[str]] = _IDS
+    agg: int
+    round: int
+    y: np.ndarray  # ring elements
+
+
+@dataclass(frozen=True)
+class SaUnmask(Message):
+    free_shape: ClassVar[frozenset[str]] = _IDS
+    agg: int
+    round: int
+    survivors: np.ndarray
+
+
+@dataclass(frozen=True)
+class SaReveal(Message):
+    free_shape: ClassVar[frozenset[str]] = _IDS
+    agg: int
+    round: int
+    owners: np.ndarray
+    kinds: bytes  # b"b" or b"s" per owner
+    shares: bytes  # 1 index byte + 16 share bytes per owner
+
+
+@dataclass(frozen=True)
+class SsOffer(Message):
+    free_shape: ClassVar[frozenset[str]] = _IDS
+    agg: int
+    round: int
+    to: np.ndarray  # members the share seeds are sealed to
+    seeds: bytes  # SEALED_SEED_BYTES each
+
+
+@dataclass(frozen=True)
+class SsSeeds(Message):
+    free_shape: ClassVar[frozenset[str]] = _IDS
+    agg: int
+    round: int
+    owners: np.ndarray
+    seeds: bytes
+
+
+@dataclass(frozen=True)
+class SsShare(Message):
+    free_shape: ClassVar[frozenset[str]] = _IDS
+    agg: int
+    round: int
+    z: np.ndarray  # the kept share of the input plus the shares held for the others
+
+
+SESSION_MESSAGES: tuple[type[Message], ...] = (
+    SaAdvert,
+    SaRoster,
+    SaShares,
+    SaRouted,
+    SaMasked,
+    SaUnmask,
+    SaReveal,
+    SsOffer,
+    SsSeeds,
+    SsShare,
+)
+_TO_AGGREGATOR = (SaAdvert, SaShares, SaMasked, SaReveal, SsOffer, SsShare)
+
+
+def _ids(values: Iterable[int]) -> np.ndarray:
+    return np.asarray(list(values), dtype=np.int64)
+
+
+def _chunks(blob: bytes, size: int, count: int) -> list[bytes] | None:
+    if len(blob) != size * count:
+        return None
+    return [blob[k * size : (k + 1) * size] for k in range(count)]
+
+
+# --- settings and state ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SecureSettings:
+    """How a peer takes part in secure sums (the resolved ``security`` section)."""
+
+    mode: SecureMode
+    fixed: FixedPoint
+    stochastic: bool
+    timeout: float  # the first phase's deadline (it waits for training), seconds
+    phase_timeout: float  # each later phase's deadline (a round trip), seconds
+    num_shares: int | None = None  # secagg; None: the whole group
+    threshold: int | None = None  # secagg; None: ceil(2/3 num_shares)
+    scope: str = "nbhd"
+
+    def group_policy(self, size: int) -> tuple[int, int]:
+        """(num_shares, threshold) for a session of ``size`` clients."""
+        m = min(self.num_shares or size, size)
+        t = self.threshold if self.threshold is not None else math.ceil(2 * m / 3)
+        t = max(min(t, m), m // 2 + 1)
+        return m, t
+
+
+@dataclass
+class SumResult:
+    """A finished session: the decoded sum over ``contributors`` (None when aborted)."""
+
+    round: int
+    total: np.ndarray | None
+    contributors: tuple[int, ...]
+    reason: str | None = None
+
+
+@dataclass
+class _ClientSession:
+    vector: np.ndarray | None
+    client: SecAggClient | None = None
+    seeds: dict[int, bytes] = field(default_factory=dict, repr=False)  # secret-share
+    #: request type -> (request, the answer sent): a repeated request gets the same answer
+    answered: dict[str, tuple[Message, Message]] = field(default_factory=dict)
+
+
+@dataclass
+class _AggSession:
+    round: int
+    expected: tuple[int, ...] = ()
+    opened: bool = False
+    phase: str = "first"  # first -> (shares -> masked ->) last -> done
+    waiting: tuple[int, ...] = ()
+    inbox: dict[int, Any] = field(default_factory=dict)
+    early: dict[int, Any] = field(default_factory=dict)  # first-phase messages before open
+    server: SecAggServer | None = None
+    ready: tuple[int, ...] = ()  # secret-share: the clients whose offers arrived
+    requests: dict[int, Message] = field(default_factory=dict)  # this phase's, per client
+    resent: bool = False  # this phase's requests were sent again once
+
+
+@dataclass
+class SecureState:
+    """A peer's secure-sum state: its sessions as client and as aggregator."""
+
+    rng: np.random.Generator
+    clients: dict[tuple[int, int], _ClientSession] = field(default_factory=dict)
+    aggs: dict[int, _AggSession] = field(default_factory=dict)
+    floor: int = 0  # aggregator sessions below this round are closed
+    refused: int = 0
+    aborted: int = 0
+    clipped: int = 0
+
+
+class SecureSum:
+    """One peer's secure-sum logic (configuration only; the state is :class:`SecureState`)."""
+
+    def __init__(self, peer: int, settings: SecureSettings, pair: PairKeys, dim: int):
+        self.peer = peer
+        self.settings = settings
+        self.pair = pair
+        self.dim = dim
+        self.fixed = settings.fixed
+
+    # -- client side ------------------------------------------------------------------------
+
+    def _session(self, agg: int, rnd: int) -> bytes:
+        return session_id(self.settings.scope, agg, rnd)
+
+    def _spec(self, agg: int, rnd: int, clients: Sequence[int]) -> SessionSpec:
+        m, t = self.settings.group_policy(len(clients))
+        return SessionSpec(
+            self._session(agg, rnd), tuple(sorted(clients)), m, t, self.dim, self.fixed.dtype
+        )
+
+    def contribute(
+        self,
+        st: SecureState,
+        agg: int,
+        rnd: int,
+        clients: Sequence[int],
+        x: np.ndarray,
+        *,
+        encoded: dict[Any, np.ndarray] | None = None,
+        key: Any = None,
+    ) -> list[Effect]:
+        """Join session (``agg``, ``rnd``) with real input ``x`` (length ``dim``).
+
+        ``encoded`` caches encodings across the sessions of one round under ``key``: a peer
+        whose input to several aggregators is the same (equal mixing weights, as on regular
+        graphs) encodes it once. Sharing one rounding across sums reveals nothing the sums
+        do not."""
+        effects: list[Effect] = []
+        ring = encoded.get(key) if encoded is not None else None
+        if ring is None:
+            clipped = int(np.count_nonzero(np.abs(x) > self.fixed.clip))
+            if clipped:
+                st.clipped += clipped
+                effects.append(
+                    Emit("secure_input_clipped", {"agg": agg, "round": rnd, "values": clipped})
+                )
+            try:
+                ring = self.fixed.encode(x, st.rng if self.settings.stochastic else None)
+            except FixedPointError as exc:
+                st.refused += 1
+                return [*effects, Emit("secure_input_refused", {"agg": agg, "reason": str(exc)})]
+            if encoded is not None:
+                encoded[key] = ring
+        if self.settings.mode == "secret-share":
+            seeds, sealed = share_seeds(
+                self.peer, sorted(clients), self.pair, self._session(agg, rnd), st.rng
+            )
+            st.clients[(agg, rnd)] = _ClientSession(ring, seeds=seeds)
+            to = sorted(sealed)
+            msg: Message = SsOffer(agg, rnd, _ids(to), b"".join(sealed[m] for m in to))
+        else:
+            client = SecAggClient(self.peer, self._spec(agg, rnd, clients), self.pair, st.rng)
+            st.clients[(agg, rnd)] = _ClientSession(ring, client)
+            msg = SaAdvert(agg, rnd, client.advertise())
+        return [*effects, Send(agg, msg)]
+
+    def _as_client(self, st: SecureState, sender: int, msg: Message) -> list[Effect]:
+        agg, rnd = msg.agg, msg.round  # type: ignore[attr-defined]
+        if sender != agg:
+            return self._refuse(st, agg, rnd, f"session message relayed by peer {sender}")
+        sess = st.clients.get((agg, rnd))
+        if sess is None:
+            return self._dropped(agg, rnd, "no session")
+        done = sess.answered.get(type(msg).__name__)
+        if done is not None and _same(done[0], msg):
+            return [Send(agg, done[1])]  # our answer was lost: the same answer again
+        effects = self._answer(st, agg, rnd, sess, msg)
+        for effect in effects:
+            if isinstance(effect, Send):
+                sess.answered[type(msg).__name__] = (msg, effect.message)
+        return effects
+
+    def _answer(
+        self, st: SecureState, agg: int, rnd: int, sess: _ClientSession, msg: Message
+    ) -> list[Effect]:
+        if isinstance(msg, SsSeeds):
+            if sess.vector is None:
+                return self._refuse(st, agg, rnd, "a second, different seed bundle")
+            effects = self._share(st, agg, rnd, sess, msg)
+            sess.vector = None  # one share vector per session: two would leak differences
+            return effects
+        if sess.client is None:
+            return self._dropped(agg, rnd, "no session")
+        client = sess.client
+        try:
+            if isinstance(msg, SaRoster):
+                keys = _chunks(msg.keys, KEY_BYTES, len(msg.peers))
+                if keys is None:
+                    raise SecAggError("roster has the wrong length")
+                blobs = client.share_keys(dict(zip(msg.peers.tolist(), keys, strict=True)))
+                to = sorted(blobs)
+                return [Send(agg, SaShares(agg, rnd, _ids(to), b"".join(blobs[v] for v in to)))]
+            if isinstance(msg, SaRouted):
+                blobs_in = _chunks(msg.blobs, SEALED_SHARE_BYTES, len(msg.owners))
+                if blobs_in is None or sess.vector is None:
+                    raise SecAggError("routed shares have the wrong length, or came twice")
+                y = client.masked_input(
+                    sess.vector, dict(zip(msg.owners.tolist(), blobs_in, strict=True))
+                )
+                sess.vector = None  # the input is not kept once masked
+                return [Send(agg, SaMasked(agg, rnd, y))]
+            if isinstance(msg, SaUnmask):
+                released = client.unmask(msg.survivors.tolist())
+                owners = sorted(released)
+                kinds = b"".join(released[u][0].encode() for u in owners)
+                shares = b"".join(bytes([released[u][1]]) + released[u][2] for u in owners)
+                return [Send(agg, SaReveal(agg, rnd, _ids(owners), kinds, shares))]
+        except SecAggError as exc:
+            st.clients.pop((agg, rnd), None)
+            return self._refuse(st, agg, rnd, exc.reason)
+        return []
+
+    def _share(
+        self, st: SecureState, agg: int, rnd: int, sess: _ClientSession, msg: SsSeeds
+    ) -> list[Effect]:
+        """Secret-share, last step: the kept share of this client's input (less the seeded
+        shares of the members that are ready) plus the shares it holds for those members."""
+        owners = msg.owners.tolist()
+        blobs = _chunks(msg.seeds, SEALED_SEED_BYTES, len(owners))
+        if blobs is None or not set(owners) <= set(sess.seeds) or len(set(owners)) < MIN_GROUP - 1:
+            return self._refuse(st, agg, rnd, "seed bundle malformed, or names too few members")
+        assert sess.vector is not None
+        try:
+            z = share_contribution(sess.vector, {m: sess.seeds[m] for m in owners})
+            z += partial_sum(
+                self.peer,
+                dict(zip(owners, blobs, strict=True)),
+                self.pair,
+                self._session(agg, rnd),
+                self.dim,
+                self.fixed.dtype,
+            )
+        except SecAggError as exc:
+            return self._refuse(st, agg, rnd, exc.reason)
+        return [Send(agg, SsShare(agg, rnd, z))]
+
+    @staticmethod
+    def _dropped(agg: int, rnd: int, why: str) -> list[Effect]:
+        return [Emit("secure_message_dropped", {"agg": agg, "round": rnd, "why": why})]
+
+    def _refuse(self, st: SecureState, agg: int, rnd: int, reason: str) -> list[Effect]:
+        st.refused += 1
+        return [Emit("secure_step_refused", {"agg": agg, "round": rnd, "reason": reason})]
+
+    def forget_before(self, st: SecureState, rnd: int) -> None:
+        """Drop client sessions of rounds before ``rnd`` (their aggregators have moved on)."""
+        for key in [k for k in st.clients if k[1] < rnd]:
+            del st.clients[key]
+
+    # -- aggregator side --------------------------------------------------------------------
+
+    def open(
+        self, st: SecureState, rnd: int, clients: Sequence[int]
+    ) -> tuple[list[Effect], SumResult | None]:
+        """This peer is ready to aggregate round ``rnd`` over ``clients``."""
+        sess = st.aggs.setdefault(rnd, _AggSession(rnd))
+        sess.expected = tuple(sorted(clients))
+        sess.opened = True
+        sess.waiting = sess.expected
+        if self.settings.mode == "secagg":
+            sess.server = SecAggServer(self._spec(self.peer, rnd, clients))
+        if len(sess.expected) < MIN_GROUP:
+            return [], self._abort(
+                st, sess, f"{len(sess.expected)} clients, fewer than {MIN_GROUP}"
+            )
+        for sender, msg in sorted(sess.early.items()):
+            if sender in sess.waiting:
+                sess.inbox[sender] = msg
+        sess.early.clear()
+        effects: list[Effect] = [SetTimer(self.settings.timeout, "secure:first", rnd)]
+        more, result = self._maybe_advance(st, sess, force=False)
+        return effects + more, result
+
+    def on_message(
+        self, st: SecureState, sender: int, msg: Message
+    ) -> tuple[list[Effect], SumResult | None]:
+        agg, rnd = msg.agg, msg.round  # type: ignore[attr-defined]
+        if agg != self.peer:
+            if isinstance(msg, _TO_AGGREGATOR):
+                return self._refuse(st, agg, rnd, "aggregator message for another aggregator"), None
+            return self._as_client(st, sender, msg), None
+        if not isinstance(msg, _TO_AGGREGATOR):
+            return self._refuse(st, agg, rnd, "client message sent to its aggregator"), None
+        sess = st.aggs.get(rnd)
+        first = isinstance(msg, (SaAdvert, SsOffer))
+        if sess is None:
+            if not first or rnd < st.floor:
+                return [
+                    Emit("secure_message_dropped", {"agg": agg, "round": rnd, "why": "late"})
+                ], None
+            sess = st.aggs.setdefault(rnd, _AggSession(rnd))
+        if sess.phase == "done":
+            return [Emit("secure_message_dropped", {"agg": agg, "round": rnd, "why": "late"})], None
+        if not sess.opened:
+            if first:
+                sess.early[sender] = msg
+            return [], None
+        if sender not in sess.waiting or not self._fits_phase(sess, msg):
+            return [
+                Emit("secure_message_dropped", {"agg": agg, "round": rnd, "why": "phase"})
+            ], None
+        sess.inbox[sender] = msg
+        return self._maybe_advance(st, sess, force=False)
+
+    def on_timer(
+        self, st: SecureState, tag: str, rnd: int
+    ) -> tuple[list[Effect], SumResult | None]:
+        """A phase's deadline: the first time, the requests go again to the clients not heard
+        from (a lost frame is not a dropout) and the deadline is re-armed; the second time,
+        the phase ends with whoever answered."""
+        sess = st.aggs.get(rnd)
+        if sess is None or sess.phase != tag.removeprefix("secure:"):
+            return [], None
+        missing = [c for c in sess.waiting if c not in sess.inbox]
+        if missing and sess.requests and not sess.resent:
+            sess.resent = True
+            timer = SetTimer(self.settings.phase_timeout, tag, rnd)
+            return [timer, *(Send(c, sess.requests[c]) for c in missing)], None
+        return self._maybe_advance(st, sess, force=True)
+
+    @staticmethod
+    def _fits_phase(sess: _AggSession, msg: Message) -> bool:
+        wanted = {
+            "first": (SaAdvert, SsOffer),
+            "shares": (SaShares,),
+            "masked": (SaMasked,),
+            "last": (SaReveal, SsShare),
+        }
+        return isinstance(msg, wanted.get(sess.phase, ()))
+
+    def _maybe_advance(
+        self, st: SecureState, sess: _AggSession, *, force: bool
+    ) -> tuple[list[Effect], SumResult | None]:
+        if not force and any(c not in sess.inbox for c in sess.waiting):
+            return [], None
+        inbox, sess.inbox = sess.inbox, {}
+        try:
+            if self.settings.mode == "secagg":
+                return self._advance_secagg(sess, inbox)
+            return self._advance_shares(sess, inbox)
+        except (AbortError, SecAggError) as exc:
+            return [], self._abort(st, sess, exc.reason)
+
+    def _enter(self, sess: _AggSession, phase: str, requests: dict[int, Message]) -> list[Effect]:
+        """Start ``phase``: send each client its request and arm the phase's deadline."""
+        sess.phase = phase
+        sess.waiting = tuple(sorted(requests))
+        sess.requests = requests
+        sess.resent = False
+        timer = SetTimer(self.settings.phase_timeout, f"secure:{phase}", sess.round)
+        return [timer, *(Send(c, requests[c]) for c in sess.waiting)]
+
+    def _advance_secagg(
+        self, sess: _AggSession, inbox: dict[int, Any]
+    ) -> tuple[list[Effect], SumResult | None]:
+        server = sess.server
+        assert server is not None
+        agg, rnd = self.peer, sess.round
+        if sess.phase == "first":
+            roster = server.collect_adverts({u: m.key for u, m in inbox.items()})
+            requests: dict[int, Message] = {}
+            for u in roster:
+                part = server.roster_for(u)
+                ids = sorted(part)
+                requests[u] = SaRoster(agg, rnd, _ids(ids), b"".join(part[v] for v in ids))
+            return self._enter(sess, "shares", requests), None
+        if sess.phase == "shares":
+            shares: dict[int, dict[int, bytes]] = {}
+            for u, m in inbox.items():
+                blobs = _chunks(m.blobs, SEALED_SHARE_BYTES, len(m.to))
+                if blobs is not None:
+                    shares[u] = dict(zip(m.to.tolist(), blobs, strict=True))
+            routed = server.route_shares(shares)
+            requests = {}
+            for v, got in routed.items():
+                owners = sorted(got)
+                requests[v] = SaRouted(agg, rnd, _ids(owners), b"".join(got[u] for u in owners))
+            return self._enter(sess, "masked", requests), None
+        if sess.phase == "masked":
+            survivors = server.collect_masked({u: m.y for u, m in inbox.items()})
+            if len(survivors) < MIN_GROUP:
+                raise AbortError(f"{len(survivors)} masked inputs, fewer than {MIN_GROUP}")
+            unmask = SaUnmask(agg, rnd, _ids(survivors))
+            return self._enter(sess, "last", dict.fromkeys(survivors, unmask)), None
+        reveals: dict[int, dict[int, tuple[str, int, bytes]]] = {}
+        for v, m in inbox.items():
+            chunks = _chunks(m.shares, 1 + SHARE_BYTES, len(m.owners))
+            if chunks is None or len(m.kinds) != len(m.owners):
+                continue
+            reveals[v] = {
+                u: (chr(k), c[0], c[1:])
+                for u, k, c in zip(m.owners.tolist(), m.kinds, chunks, strict=True)
+            }
+        total = server.reconstruct(reveals)
+        sess.phase = "done"
+        return [], SumResult(rnd, self.fixed.decode(total), server.survivors)
+
+    def _advance_shares(
+        self, sess: _AggSession, inbox: dict[int, Any]
+    ) -> tuple[list[Effect], SumResult | None]:
+        agg, rnd = self.peer, sess.round
+        if sess.phase == "first":
+            seeds: dict[int, dict[int, bytes]] = {}  # holder -> owner -> sealed seed
+            ready = []
+            for j, m in sorted(inbox.items()):
+                blobs = _chunks(m.seeds, SEALED_SEED_BYTES, len(m.to))
+                if blobs is None or not set(sess.expected) - {j} <= set(m.to.tolist()):
+                    continue
+                ready.append(j)
+                for holder, blob in zip(m.to.tolist(), blobs, strict=True):
+                    seeds.setdefault(holder, {})[j] = blob
+            if len(ready) < MIN_GROUP:
+                raise AbortError(f"{len(ready)} clients ready, fewer than {MIN_GROUP}")
+            sess.ready = tuple(ready)
+            requests: dict[int, Message] = {}
+            for h in ready:
+                owners = [j for j in ready if j != h]
+                bundle = b"".join(seeds[h][j] for j in owners)
+                requests[h] = SsSeeds(agg, rnd, _ids(owners), bundle)
+            return self._enter(sess, "last", requests), None
+        missing = [h for h in sess.waiting if h not in inbox]
+        if missing:
+            raise AbortError(f"shares missing from peers {missing[:8]}: the sum is lost")
+        total = np.zeros(self.dim, dtype=self.fixed.dtype)
+        for m in inbox.values():
+            if m.z.dtype != total.dtype or m.z.shape != total.shape:
+                raise AbortError("a share vector has the wrong ring or length")
+            total += m.z
+        sess.phase = "done"
+        return [], SumResult(rnd, self.fixed.decode(total), sess.ready)
+
+    def _abort(self, st: SecureState, sess: _AggSession, reason: str) -> SumResult:
+        st.aborted += 1
+        sess.phase = "done"
+        return SumResult(sess.round, None, (), reason)
+
+    def close(self, st: SecureState, rnd: int) -> None:
+        """Forget aggregator sessions up to round ``rnd``; later messages for them are late."""
+        for r in [r for r in st.aggs if r <= rnd]:
+            del st.aggs[r]
+        st.floor = max(st.floor, rnd + 1)
+
+
+def _same(a: Message, b: Message) -> bool:
+    """Field-by-field equality of two messages (arrays by value)."""
+    if type(a) is not type(b):
+        return False
+    for name in a.__dataclass_fields__:
+        x, y = getattr(a, name), getattr(b, name)
+        if isinstance(x, np.ndarray) or isinstance(y, np.ndarray):
+            if not (isinstance(x, np.ndarray) and isinstance(y, np.ndarray)):
+                return False
+            if x.dtype != y.dtype or not np.array_equal(x, y):
+                return False
+        elif x != y:
+            return False
+    return True
+
+
+def _secure_event(msg: Message) -> bool:
+    return isinstance(msg, SESSION_MESSAGES)
+
+
+# --- D-PSGD with secure neighbourhood sums ---------------------------------------------------
+
+
+@dataclass
+class SecureDPSGDState:
+    params: np.ndarray  # (P,) float32
+    sec: SecureState
+    round: int = 0
+    phase: str = "idle"  # idle -> training -> mixing -> ... -> done
+    half: np.ndarray | None = None
+    aborted_rounds: int = 0
+
+
+class SecureDPSGD(Protocol[SecureDPSGDState]):
+    """D-PSGD whose every neighbourhood average is a secure sum (module docstring)."""
+
+    messages: ClassVar[tuple[type[Message], ...]] = SESSION_MESSAGES
+
+    def __init__(
+        self,
+        peer: int,
+        schedule: TopologySchedule,
+        *,
+        rounds: int,
+        seed: int,
+        secure: SecureSum,
+        epochs: int = 1,
+        steps: int | None = None,
+    ):
+        if rounds < 1:
+            raise ProtocolError("rounds must be at least 1")
+        if schedule.directed and not schedule.at(0).is_doubly_stochastic():
+            raise ProtocolError("D-PSGD needs doubly stochastic mixing weights")
+        self.peer = peer
+        self.schedule = schedule
+        self.rounds = rounds
+        self.seed = seed
+        self.secure = secure
+        self.epochs = epochs
+        self.steps = steps
+
+    def initial_state(self, params: np.ndarray) -> SecureDPSGDState:
+        return SecureDPSGDState(
+            np.array(params, dtype=np.float32), SecureState(np.random.default_rng(self.seed))
+        )
+
+    def model(self, state: SecureDPSGDState) -> np.ndarray:
+        return state.params
+
+    def progress(self, state: SecureDPSGDState) -> int:
+        return state.round
+
+    def on_event(
+        self, state: SecureDPSGDState, event: Event
+    ) -> tuple[SecureDPSGDState, list[Effect]]:
+        sec = self.secure
+        if isinstance(event, Started):
+            state.phase = "training"
+            return state, [self._train(state)]
+        if isinstance(event, TrainingDone) and state.phase == "training":
+            return self._on_trained(state, event)
+        result: SumResult | None = None
+        effects: list[Effect] = []
+        if isinstance(event, MessageArrived) and _secure_event(event.message):
+            effects, result = sec.on_message(state.sec, event.sender, event.message)
+        elif isinstance(event, TimerFired) and event.tag.startswith("secure:"):
+            effects, result = sec.on_timer(state.sec, event.tag, event.round)
+        elif isinstance(event, PeerDown):
+            return state, []
+        if result is not None and state.phase == "mixing" and result.round == state.round:
+            state, more = self._mix(state, result)
+            effects += more
+        return state, effects
+
+    def _train(self, state: SecureDPSGDState) -> Train:
+        return Train(params=state.params, epochs=self.epochs, steps=self.steps)
+
+    def _on_trained(
+        self, state: SecureDPSGDState, event: TrainingDone
+    ) -> tuple[SecureDPSGDState, list[Effect]]:
+        sec = self.secure
+        half = np.asarray(event.params, dtype=np.float32)
+        state.half = half
+        state.phase = "mixing"
+        topo = self.schedule.at(state.round)
+        effects: list[Effect] = []
+        sec.forget_before(state.sec, state.round - 1)
+        encoded: dict[Any, np.ndarray] = {}
+        for a in topo.out_neighbours(self.peer):
+            w = topo.weight(a, self.peer)
+            effects += sec.contribute(
+                state.sec,
+                a,
+                state.round,
+                topo.in_neighbours(a),
+                w * half.astype(np.float64),
+                encoded=encoded,
+                key=w,
+            )
+        more, result = sec.open(state.sec, state.round, topo.in_neighbours(self.peer))
+        effects += more
+        if result is not None:
+            state, after = self._mix(state, result)
+            effects += after
+        return state, effects
+
+    def _mix(
+        self, state: SecureDPSGDState, result: SumResult
+    ) -> tuple[SecureDPSGDState, list[Effect]]:
+        assert state.half is not None
+        topo = self.schedule.at(state.round)
+        got = set(result.contributors) if result.total is not None else set()
+        own = topo.weight(self.peer, self.peer) + sum(
+            topo.weight(self.peer, j) for j in topo.in_neighbours(self.peer) if j not in got
+        )
+        mixed = own * state.half.astype(np.float64)
+        effects: list[Effect] = []
+        if result.total is not None:
+            mixed += result.total
+        else:
+            state.aborted_rounds += 1
+            effects.append(
+                Emit("secure_round_aborted", {"round": state.round, "reason": result.reason})
+            )
+        missing = [j for j in topo.in_neighbours(self.peer) if j not in got]
+        if result.total is not None and missing:
+            effects.append(Emit("neighbours_skipped", {"round": state.round, "peers": missing}))
+        state.params = mixed.astype(np.float32)
+        state.half = None
+        self.secure.close(state.sec, state.round)
+        state.round += 1
+        if state.round >= self.rounds:
+            state.phase = "done"
+            effects.append(Stop())
+        else:
+            state.phase = "training"
+            effects.append(self._train(state))
+        return state, effects
+
+
+# --- FedAvg with a secure sum at the coordinator -------------------------------------------
+
+
+@dataclass
+class SecureFedAvgState:
+    params: np.ndarray  # coordinator: the global model; client: the latest adopted one
+    sec: SecureState
+    round: int = 0  # coordinator: aggregations; client: updates sent
+    training_round: int | None = None  # client: the global round it is training from
+    aborted_rounds: int = 0
+    done: bool = False
+
+
+class SecureFedAvg(Protocol[SecureFedAvgState]):
+    """FedAvg through a coordinator that only ever holds the masked or shared updates and
+    their sum (module docstring). Client ids ``0..n-1``, coordinator ``n``."""
+
+    messages: ClassVar[tuple[type[Message], ...]] = (GlobalModel, *SESSION_MESSAGES)
+
+    def __init__(
+        self,
+        peer: int,
+        num_clients: int,
+        *,
+        rounds: int,
+        seed: int,
+        secure: SecureSum,
+        max_weight: float,
+        server_lr: float = 1.0,
+        epochs: int = 1,
+        steps: int | None = None,
+    ):
+        if rounds < 1:
+            raise ProtocolError("rounds must be at least 1")
+        if not 0 <= peer <= num_clients:
+            raise ProtocolError(f"peer {peer} is neither a client nor the coordinator")
+        self.peer = peer
+        self.num_clients = num_clients
+        self.coordinator = num_clients
+        self.rounds = rounds
+        self.seed = seed
+        self.secure = secure
+        self.max_weight = max_weight
+        self.server_lr = server_lr
+        self.epochs = epochs
+        self.steps = steps
+
+    @property
+    def is_coordinator(self) -> bool:
+        return self.peer == self.coordinator
+
+    def initial_state(self, params: np.ndarray) -> SecureFedAvgState:
+        return SecureFedAvgState(
+            np.array(params, dtype=np.float32), SecureState(np.random.default_rng(self.seed))
+        )
+
+    def model(self, state: SecureFedAvgState) -> np.ndarray:
+        return state.params
+
+    def progress(self, state: SecureFedAvgState) -> int:
+        return state.round
+
+    def on_event(
+        self, state: SecureFedAvgState, event: Event
+    ) -> tuple[SecureFedAvgState, list[Effect]]:
+        if self.is_coordinator:
+            return self._coordinator(state, event)
+        return self._client(state, event)
+
+    # -- coordinator ------------------------------------------------------------------------
+
+    def _clients(self) -> range:
+        return range(self.num_clients)
+
+    def _coordinator(
+        self, state: SecureFedAvgState, event: Event
+    ) -> tuple[SecureFedAvgState, list[Effect]]:
+        sec = self.secure
+        if isinstance(event, Started):
+            return state, self._open_round(state)
+        result: SumResult | None = None
+        effects: list[Effect] = []
+        if isinstance(event, MessageArrived) and _secure_event(event.message):
+            effects, result = sec.on_message(state.sec, event.sender, event.message)
+        elif isinstance(event, TimerFired) and event.tag.startswith("secure:"):
+            effects, result = sec.on_timer(state.sec, event.tag, event.round)
+        if result is not None and not state.done and result.round == state.round:
+            effects += self._aggregate(state, result)
+        return state, effects
+
+    def _open_round(self, state: SecureFedAvgState) -> list[Effect]:
+        model = GlobalModel(round=state.round, params=state.params, final=False)
+        effects: list[Effect] = [Send(k, model) for k in self._clients()]
+        more, result = self.secure.open(state.sec, state.round, list(self._clients()))
+        effects += more
+        if result is not None:
+            effects += self._aggregate(state, result)
+        return effects
+
+    def _aggregate(self, state: SecureFedAvgState, result: SumResult) -> list[Effect]:
+        effects: list[Effect] = []
+        total = result.total
+        if total is not None and total[-1] > 0:
+            mean = total[:-1] / total[-1]
+            lr = self.server_lr
+            state.params = ((1 - lr) * state.params + lr * mean).astype(np.float32)
+            effects.append(
+                Emit(
+                    "round_aggregated", {"round": state.round, "clients": len(result.contributors)}
+                )
+            )
+        else:
+            state.aborted_rounds += 1
+            reason = result.reason or "the weights summed to zero"
+            effects.append(Emit("secure_round_aborted", {"round": state.round, "reason": reason}))
+        self.secure.close(state.sec, state.round)
+        state.round += 1
+        if state.round >= self.rounds:
+            state.done = True
+            final = GlobalModel(round=state.round, params=state.params, final=True)
+            effects += [Send(k, final) for k in self._clients()]
+            effects.append(Stop())
+        else:
+            effects += self._open_round(state)
+        return effects
+
+    # -- client ----------------------------------------------------------------------------
+
+    def _client(
+        self, state: SecureFedAvgState, event: Event
+    ) -> tuple[SecureFedAvgState, list[Effect]]:
+        if isinstance(event, MessageArrived):
+            msg = event.message
+            if event.sender != self.coordinator:
+                return state, [Emit("unexpected_message_dropped", {"sender": event.sender})]
+            if isinstance(msg, GlobalModel):
+                state.params = np.array(msg.params, dtype=np.float32)
+                if msg.final:
+                    if not state.done:
+                        state.done = True
+                        return state, [Stop()]
+                    return state, []
+                if state.done or state.training_round is not None or msg.round < state.round:
+                    return state, []
+                state.training_round = msg.round
+                return state, [Train(params=state.params, epochs=self.epochs, steps=self.steps)]
+            if _secure_event(msg):
+                effects, _ = self.secure.on_message(state.sec, event.sender, msg)
+                return state, effects
+            return state, []
+        if isinstance(event, TrainingDone) and state.training_round is not None:
+            rnd, state.training_round = state.training_round, None
+            w = min(float(event.samples), self.max_weight) / self.max_weight
+            x = np.empty(event.params.size + 1, dtype=np.float64)
+            x[:-1] = w * event.params
+            x[-1] = w
+            self.secure.forget_before(state.sec, rnd - 1)
+            effects = self.secure.contribute(
+                state.sec, self.coordinator, rnd, list(self._clients()), x
+            )
+            state.round += 1
+            if state.round >= self.rounds and not state.done:
+                state.done = True
+                effects.append(Stop())
+            return state, effects
+        return state, []
+
+
+# --- building from config --------------------------------------------------------------------
+
+
+def check_groups(sec: Any, groups: Mapping[int, Sequence[int]], *, scope: str) -> None:
+    """Validate the ``security`` settings (a :class:`~p2pfed.crypto.config.SecurityConfig`)
+    against the group sizes ``{aggregator: clients in each round}``; raises ``ValueError``
+    with the reason (the experiment turns it into a config error)."""
+    small = {a: min(ns) for a, ns in groups.items() if min(ns) < MIN_GROUP}
+    if small:
+        a, n = next(iter(sorted(small.items())))
+        what = "neighbourhood of peer" if scope == "nbhd" else "star of coordinator"
+        raise ValueError(
+            f"secure aggregation needs groups of at least {MIN_GROUP}: the {what} {a} has "
+            f"{n} (a sum of two reveals either input to the other party); choose a topology "
+            f"where every peer has at least {MIN_GROUP} in-neighbours"
+        )
+    if scope == "star" and sec.clipping_range < 1:
+        # SecureFedAvg sends the sample weight w <= 1 as one more value: a clipped weight
+        # skews sum(w x_k) / sum(w) (every weight clipped to c/2 doubles the model)
+        raise ValueError(
+            f"clipping_range {sec.clipping_range:g} is below 1: fedavg sums each client's "
+            "sample weight (up to 1) with its update, and a clipped weight skews the average"
+        )
+    sizes = sorted({n for ns in groups.values() for n in ns})
+    largest = sizes[-1]
+    fixed = FixedPoint.from_range(sec.clipping_range, sec.quantization_range, sec.modulus_range)
+    try:
+        fixed.check_capacity(largest, 1.0)
+    except FixedPointError as exc:
+        raise ValueError(str(exc)) from None
+    if sec.aggregation == "secagg":
+        m = sec.num_shares
+        if m is not None and m > largest:
+            raise ValueError(f"num_shares {m} exceeds the largest group ({largest} clients)")
+        t = sec.reconstruction_threshold
+        for size in sizes:
+            shares = min(m or size, size)
+            if t is not None and t > shares:
+                raise ValueError(
+                    f"reconstruction_threshold {t} exceeds the {shares} shares of a group of "
+                    f"{size}: no secret could ever be reconstructed"
+                )
+
+
+def secure_settings(sec: Any, timeout: float, phase_timeout: float, scope: str) -> SecureSettings:
+    return SecureSettings(
+        mode=sec.aggregation,
+        fixed=FixedPoint.from_range(sec.clipping_range, sec.quantization_range, sec.modulus_range),
+        stochastic=sec.stochastic_rounding,
+        timeout=timeout,
+        phase_timeout=phase_timeout,
+        num_shares=sec.num_shares,
+        threshold=sec.reconstruction_threshold,
+        scope=scope,
+    )
