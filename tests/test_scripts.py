@@ -96,3 +96,28 @@ def test_bench_runtime_scale_mode_prints_rates(tmp_path: Path) -> None:
     row = re.search(r"^\s+24\s+local\s+completed\s+(\d+\.\d)\s+(\d+)\s+(\d+)", out, re.M)
     assert row, out
     assert float(row.group(2)) > 0 and float(row.group(3)) > 0
+
+
+def test_bench_secure_prints_crypto_costs_bytes_and_round_times(tmp_path: Path) -> None:
+    out = _run(
+        "bench_secure.py",
+        *("--dims", "2000", "--hidden", "16", "--rounds", "1", "--repeat", "1"),
+        *("--out", str(tmp_path)),
+    )
+    micro = re.search(r"^\s+2,000(\s+\d+\.\d){5}$", out, re.M)
+    assert micro, out
+    rows = {
+        m.group(1): [float(v) for v in m.groups()[1:]]
+        for m in re.finditer(
+            r"^\s+16\s+\d+\s+(plain|secret-share|secagg)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+"
+            r"[\d,]+\s+(\S+)\s+(\S+)$",
+            out,
+            re.M,
+        )
+    }
+    assert set(rows) == {"plain", "secret-share", "secagg"}, out
+    assert rows["plain"][1] == 1.0 and rows["plain"][3] == 1.0 and rows["plain"][4] == 1.0
+    for mode in ("secret-share", "secagg"):
+        _, _, _, virtual_x, bytes_x, acc = rows[mode]
+        assert virtual_x > 1.0 and bytes_x > 1.0  # extra round trips and keys cost something
+        assert acc == pytest.approx(rows["plain"][5], abs=0.005)  # the same training

@@ -517,3 +517,20 @@ def test_a_peer_missing_from_the_directory_is_refused() -> None:
         a.open(42, b"secagg-shares", SESSION, bytes(32))
     with pytest.raises(SecAggError, match="invalid X25519"):
         pair_keys(1, SEEDS[1], {**PUBLICS, 2: b"\x01" * 31}).seal(2, b"p", SESSION, b"x")
+
+
+@pytest.mark.parametrize(("t", "n"), [(2, 3), (3, 4), (6, 8), (11, 16)])
+def test_cached_lagrange_combine_equals_pycryptodome_combine(t: int, n: int) -> None:
+    from Crypto.Protocol.SecretSharing import Shamir
+
+    server = SecAggServer(SessionSpec(SESSION, tuple(range(n)), n, t, 8))
+    rng = np.random.default_rng(t)
+    for _ in range(20):
+        secret = rng.bytes(16)
+        shares = Shamir.split(t, n, secret)
+        pick = sorted(shares[i] for i in rng.choice(n, t, replace=False))
+        assert server._combine(pick) == Shamir.combine(pick) == secret
+    wrong = sorted(Shamir.split(t, n, b"\x00" * 16)[:t])
+    assert server._combine(wrong) == b"\x00" * 16  # the cached coefficients fit other secrets
+    with pytest.raises(SecAggError, match="duplicate"):
+        server._combine([(1, b"\x01" * 16)] * t)

@@ -8,8 +8,9 @@ pairwise masks cancel exactly, and a sum of encodings decodes to the sum of the 
 values as long as that sum stays inside ``[-2**(k-1), 2**(k-1))``.
 
 Rounding is to nearest (error at most half a step, ``2**-(frac_bits+1)``) or, given a
-generator, stochastic: ``floor(s) + Bernoulli(s - floor(s))``, unbiased, error below one step
-(Gupta et al., "Deep learning with limited numerical precision", ICML 2015). A sum of ``n``
+generator, stochastic: ``floor(s) + Bernoulli(s - floor(s))`` (drawn as ``floor(s + U)``, ``U``
+uniform on [0, 1): one pass fewer), unbiased, error below one step (Gupta et al., "Deep
+learning with limited numerical precision", ICML 2015). A sum of ``n``
 encodings is therefore within ``n`` steps of the sum of the clipped values.
 
 Overflow is a configuration mistake, not a runtime event: :meth:`FixedPoint.check_capacity`
@@ -130,12 +131,14 @@ class FixedPoint:
         arr = np.asarray(x, dtype=np.float64)
         if not np.all(np.isfinite(arr)):
             raise FixedPointError("cannot encode NaN or infinite values")
-        scaled = np.clip(arr, -self.clip, self.clip) * self.scale
+        scaled = np.clip(arr, -self.clip, self.clip)
+        scaled *= self.scale
         if rng is None:
-            codes = np.rint(scaled)
+            codes = np.rint(scaled, out=scaled)
         else:
-            low = np.floor(scaled)
-            codes = low + (rng.random(scaled.shape) < (scaled - low))
+            # floor(s + U), U uniform in [0, 1): s rounded up with probability frac(s)
+            scaled += rng.random(scaled.shape)
+            codes = np.floor(scaled, out=scaled)
         # |codes| <= max_code < 2**(k-1): exact in int64, then two's complement in the ring
         return codes.astype(np.int64).astype(_SIGNED[self.ring_bits]).view(self.dtype)
 

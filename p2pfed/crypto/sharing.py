@@ -34,8 +34,10 @@ def expand(seed: bytes, n: int, dtype: type[np.unsignedinteger] = np.uint32) -> 
     if np.dtype(dtype).kind != "u":
         raise ValueError(f"ring elements are unsigned integers, got {np.dtype(dtype).name}")
     cipher = AES.new(seed, AES.MODE_CTR, nonce=b"", initial_value=0)
-    stream = cipher.encrypt(bytes(n * width))  # the keystream itself
-    return np.frombuffer(stream, dtype=np.dtype(dtype).newbyteorder("<")).astype(dtype)
+    stream = bytearray(n * width)
+    cipher.encrypt(stream, output=stream)  # the keystream itself, in place
+    little = np.frombuffer(stream, dtype=np.dtype(dtype).newbyteorder("<"))
+    return little.astype(dtype, copy=False)  # a view on little-endian machines
 
 
 def share(x: np.ndarray, seeds: list[bytes]) -> list[np.ndarray]:
