@@ -29,6 +29,7 @@ from p2pfed.crypto.secagg import (
     share_seeds,
 )
 from p2pfed.crypto.sharing import expand
+from p2pfed.errors import P2PFedError
 
 C, Q = 8.0, 2**22  # Flower's clipping_range and quantization_range: step 2c/Q = 2**-18
 D = 100_000
@@ -272,6 +273,41 @@ def test_sparse_recovery_needs_threshold_shares_among_the_owners_neighbours() ->
         run(g, random_codes(16, 100), no_unmask=quiet)
 
 
+def test_on_a_sparse_graph_the_aggregator_learns_each_connected_part_of_the_survivors() -> None:
+    # num_shares 3 (a cycle), threshold 2: a and b survive, their other neighbours drop after
+    # sharing. The session succeeds, and from what it holds the aggregator also gets
+    # x_a + x_b alone: the masks of {a, b} with the dropped are rebuilt from their mask keys,
+    # and no mask joins {a, b} to the other survivors. Hence a threshold >= 3 on sparse graphs
+    # (p2pfed.protocol.secure.SecureSettings.group_policy) for parts of at least 3.
+    n, dim = 8, 50
+    g = group(n, num_shares=3, threshold=2, dim=dim)
+    nbrs, session = g.spec.neighbours, g.spec.session
+    a = 0
+    b = nbrs[a][0]
+    cut = tuple(sorted({*nbrs[a], *nbrs[b]} - {a, b}))
+    codes = random_codes(n, dim)
+    survivors = upto_unmask(g, codes, no_mask=cut)
+    reveals = {v: g.clients[v].unmask(survivors) for v in survivors}
+    total = g.server.reconstruct(reveals)
+    np.testing.assert_array_equal(total, codes[list(survivors)].sum(axis=0, dtype=np.uint32))
+
+    def secret(u: int, kind: str) -> bytes:
+        parts = [
+            (i, sh) for r in reveals.values() for w, (k, i, sh) in r.items() if (w, k) == (u, kind)
+        ]
+        return g.server._combine(sorted(parts)[: g.spec.threshold])
+
+    pair = g.server.masked[a] + g.server.masked[b]
+    for u in (a, b):
+        pair -= expand(secret(u, "b"), dim)
+    for d in cut:
+        key = secagg.x25519_from_seed(secret(d, "s"), b"mask" + session)
+        for v in set(nbrs[d]) & {a, b}:
+            m = expand(secagg._mask_seed(key, g.server.roster[v], session, d, v), dim)
+            pair += m if d < v else -m  # y_v carries -PRG(s_vd) when d < v
+    np.testing.assert_array_equal(pair, codes[a] + codes[b])
+
+
 # --- the never-both-shares rule --------------------------------------------------------------
 
 
@@ -393,6 +429,11 @@ def test_the_aggregator_keeps_no_client_secret_and_cannot_unmask_one_input() -> 
 
 
 # --- tampering and malformed messages --------------------------------------------------------
+
+
+def test_secagg_errors_belong_to_the_p2pfed_error_tree() -> None:
+    assert issubclass(AbortError, SecAggError)
+    assert issubclass(SecAggError, P2PFedError) and issubclass(SecAggError, ValueError)
 
 
 def test_tampered_or_malformed_messages_are_refused() -> None:

@@ -35,6 +35,7 @@ from p2pfed.protocol import (
 from p2pfed.protocol.fed import GlobalModel
 from p2pfed.protocol.secure import (
     SESSION_MESSAGES,
+    SaAdvert,
     SaMasked,
     SaReveal,
     SaRoster,
@@ -44,6 +45,7 @@ from p2pfed.protocol.secure import (
     SecureFedAvg,
     SecureMode,
     SecureSettings,
+    SecureState,
     SecureSum,
     SsSeeds,
     SsShare,
@@ -89,6 +91,11 @@ def test_a_ring_is_refused_because_a_sum_of_two_reveals_the_other(
     assert err.key == "security.aggregation"
     assert "at least 3" in err.message and "has 2" in err.message
     assert "a sum of two reveals either input to the other party" in err.message
+    assert "every peer has at least 3 in-neighbours" in err.message
+    # fedavg sums every client at the coordinator: the advice is about the clients
+    fed = _refused(_cfg({"aggregation": mode}, {"kind": "ring", "n": 2}, "fedavg"))
+    assert "the star of coordinator 2 has 2" in fed.message
+    assert fed.message.endswith("use at least 3 clients")
     # and p2pfed.run refuses it before any peer starts: no run directory is made
     with pytest.raises(ConfigError, match="a sum of two reveals"):
         run(cfg, out=tmp_path / "run")
@@ -172,6 +179,23 @@ def test_fedavg_refuses_a_clipping_range_that_would_clip_the_sample_weight() -> 
             "dpsgd",
             "security.aggregation",
             "num_shares 5 exceeds the largest group (4 clients)",
+        ),
+        (
+            # with num_shares null every group shares among all of it: 3 of 8 is not a
+            # majority (it used to be raised to 5 without a word)
+            {"aggregation": "secagg", "reconstruction_threshold": 3},
+            {"kind": "ring", "n": 8},
+            "fedavg",
+            "security.aggregation",
+            "reconstruction_threshold 3 is not more than half of the 8 shares of a group of 8",
+        ),
+        (
+            # a sparse graph with threshold 2: two survivors masked only with each other
+            {"aggregation": "secagg", "num_shares": 3, "reconstruction_threshold": 2},
+            {"kind": "ring", "n": 8},
+            "fedavg",
+            "security.aggregation",
+            "reconstruction_threshold 2 is below 3 with 3 of a group of 8 holding shares",
         ),
         (
             {"aggregation": "secagg", "num_shares": 9},
@@ -624,6 +648,107 @@ def test_secagg_fedavg_with_too_few_left_aborts_the_round_and_moves_on() -> None
     np.testing.assert_allclose(final[0].params, weighted_average(x0, list(range(8))), atol=1e-4)
     assert d.states[COORD].aborted_rounds == 1
     assert d.done == set(range(N_CLIENTS + 1))
+
+
+def test_a_sparse_fedavg_session_never_reveals_the_sum_of_two_survivors() -> None:
+    # num_shares 3: every client masks with its two neighbours on a cycle. Clients a and b
+    # survive while their other neighbours drop after sharing, so {a, b} is a connected part
+    # of the survivors' masking graph: with threshold 2 the coordinator could unmask x_a + x_b
+    # on its own (tests/test_secagg.py shows how). The threshold is 3: the round aborts.
+    sums = secure_sums("secagg", N_CLIENTS + 1, P + 1, scope="star", num_shares=3)
+    assert sums[COORD].settings.group_policy(N_CLIENTS) == (3, 3)
+    assert sums[COORD].settings.group_policy(3) == (3, 2)  # dense: every survivor masks with all
+    nbrs = sums[COORD]._spec(COORD, 0, range(N_CLIENTS)).neighbours
+    a = 0
+    b = nbrs[a][0]
+    cut = {*nbrs[a], *nbrs[b]} - {a, b}
+    d = fedavg_star("secagg", 1, drop_from(SaMasked, cut), num_shares=3)
+    d.settle()
+    assert d.expire(COORD, "masked", 0) == sorted(cut)
+    d.settle()
+    (aborted,) = d.emits("secure_round_aborted", COORD)
+    assert "fewer than 3 shares arrived" in aborted["reason"]
+    assert not d.emits("round_aggregated")
+
+
+def _settle_holding(d: SecureDriver, held: Callable[[int, Any], bool]) -> None:
+    """Deliver everything but timers and the events ``held(peer, event)`` picks."""
+    while True:
+        live = [
+            k
+            for k, (p, ev) in enumerate(d.pending)
+            if not isinstance(ev, TimerFired) and not held(p, ev)
+        ]
+        if not live:
+            return
+        d.step(live[0])
+
+
+def test_a_slow_fedavg_client_trains_the_round_that_opened_while_it_trained() -> None:
+    d = fedavg_star("secagg", 2, drop_from(SaMasked, set()))
+    x0 = np.asarray(d.sends(COORD, GlobalModel)[0][1].params)
+
+    def slow(peer: int, ev: Any) -> bool:
+        return peer == 0 and isinstance(ev, TrainingDone)
+
+    _settle_holding(d, slow)
+    d.fire(COORD, "first", 0)  # client 0 is still training: round 0 goes on without it
+    _settle_holding(d, slow)
+    assert d.emits("round_aggregated", COORD) == [{"round": 0, "clients": 7}]
+    round1 = next(m for k, m in d.sends(COORD, GlobalModel) if k == 0 and m.round == 1)
+    d.step(next(k for k, (p, ev) in enumerate(d.pending) if slow(p, ev)))
+    d.settle()
+    # its round-0 input would find the session closed: it trains round 1's model instead,
+    # and round 1 completes with all eight, no deadline needed
+    assert not [m for _, m in d.sends(0, SaAdvert) if m.round == 0]
+    assert [m.round for _, m in d.sends(0, SaAdvert)] == [1]
+    np.testing.assert_array_equal(d.trains(0)[0], x0)
+    np.testing.assert_array_equal(d.trains(0)[1], round1.params)
+    assert d.emits("round_aggregated", COORD)[1:] == [{"round": 1, "clients": 8}]
+    assert d.done == set(range(N_CLIENTS + 1))
+
+
+def test_a_replayed_global_model_is_neither_trained_nor_joined_again() -> None:
+    # client 3 misses round 0's model; it trains round 1's and joins that session
+    d = fedavg_star("secagg", 3, drop_from(GlobalModel, {COORD}, rnd=0, to=3))
+    d.settle()
+    d.fire(COORD, "first", 0)
+    while not d.sends(3, SaAdvert):
+        d.step(next(k for k, (_, ev) in enumerate(d.pending) if not isinstance(ev, TimerFired)))
+    ((_, advert),) = d.sends(3, SaAdvert)
+    assert advert.round == 1
+    round1 = next(m for k, m in d.sends(COORD, GlobalModel) if k == 3 and m.round == 1)
+    sent = len(d.effects)
+    d.deliver(3, MessageArrived(COORD, round1))  # the coordinator sends it again
+    assert d.effects[sent:] == []  # no second training, so no second input to session 1
+    d.settle()
+    assert [m.round for _, m in d.sends(3, SaAdvert)] == [1, 2]
+    assert [e["clients"] for e in d.emits("round_aggregated", COORD)] == [7, 8, 8]
+    assert not d.emits("secure_step_refused")
+
+
+@pytest.mark.parametrize("mode", ["secagg", "secret-share"])
+def test_a_client_joins_a_session_once(mode: SecureMode) -> None:
+    # a second input would seal new shares under the session's (key, nonce) pairs, and two
+    # share vectors of one session differ by the difference of the inputs' shares
+    sums = secure_sums(mode, 5, P, scope="nbhd")
+    st = SecureState(np.random.default_rng(0))
+    x = np.full(P, 0.5)
+    first = sums[0].contribute(st, 4, 5, [0, 1, 2], x)
+    assert [type(e) for e in first] == [Send]
+    joined = st.clients[(4, 5)]
+    # the encoded input, and the answers that will carry released shares, stay out of reprs
+    assert "vector" not in repr(st) and "answered" not in repr(st)
+    refused = Emit(
+        "secure_step_refused",
+        {"agg": 4, "round": 5, "reason": "a second input to a session already joined"},
+    )
+    assert sums[0].contribute(st, 4, 5, [0, 1, 2], x) == [refused]
+    assert sums[0].contribute(st, 4, 4, [0, 1, 2], x)[0].fields["round"] == 4  # type: ignore[union-attr]
+    assert st.clients[(4, 5)] is joined and st.refused == 2
+    # another aggregator's session in the same round, and the next round, are joined
+    assert [type(e) for e in sums[0].contribute(st, 3, 5, [0, 1, 2], x)] == [Send]
+    assert [type(e) for e in sums[0].contribute(st, 4, 6, [0, 1, 2], x)] == [Send]
 
 
 # -- D-PSGD whose neighbourhood averages are secure sums

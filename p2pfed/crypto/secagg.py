@@ -6,7 +6,12 @@ CCS 2017) over sparse masking graphs (Bell et al., "Secure Single-Server Aggrega
 One *session* sums the inputs of a set of clients for one aggregator (a peer summing its
 neighbourhood, or the coordinator summing everyone). The aggregator learns the sum over the
 clients that got their masked input in, and nothing else about any one input; it also
-relays every client-to-client message, which it cannot read.
+relays every client-to-client message, which it cannot read. On a sparse (SecAgg+) graph
+with dropouts, "the sum" is finer: the aggregator learns the sum of each connected part of
+the survivors' masking graph (the masks between parts are all known to it). Each part holds
+at least ``threshold`` clients, since a survivor is unmasked by the shares of ``threshold - 1``
+surviving neighbours it masks with; callers that must never reveal a sum of two use a
+threshold of at least 3 on sparse graphs.
 
 Threat model. Honest-but-curious aggregator and clients, who may collude as long as fewer
 than ``threshold`` of a client's share holders (itself excluded) join the aggregator; a
@@ -83,6 +88,7 @@ from Crypto.Protocol.SecretSharing import Shamir, _Element
 from Crypto.PublicKey import ECC
 
 from p2pfed.crypto.sharing import SEED_BYTES, expand
+from p2pfed.errors import P2PFedError
 
 KEY_BYTES = 32  # raw X25519 public key
 SHARE_BYTES = 16  # a Shamir share of a 16-byte secret
@@ -92,7 +98,7 @@ SEALED_SHARE_BYTES = _SEALED_SHARES.size + TAG_BYTES
 SEALED_SEED_BYTES = SEED_BYTES + TAG_BYTES
 
 
-class SecAggError(ValueError):
+class SecAggError(P2PFedError, ValueError):
     """A protocol step refused (malformed or inconsistent input); ``reason`` is safe to log."""
 
     def __init__(self, reason: str):

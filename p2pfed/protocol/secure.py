@@ -46,8 +46,12 @@ round. FedAvg (:class:`SecureFedAvg`): the coordinator broadcasts the global mod
 the round's session; a client trains and joins it with input ``(w x_k, w)``, ``w =
 min(samples_k, max_weight) / max_weight``; the coordinator's new model is
 ``(1 - server_lr) x + server_lr * sum(w x_k) / sum(w)``. An aborted round keeps ``x`` and the
-run moves on to the next round. Lost frames are not re-sent (the session deadline absorbs
-them as dropouts).
+run moves on to the next round. A client still training when the next round's model arrives
+trains that one next (its late input would find the session closed, so it is not sent).
+
+A client joins each session at most once: a second input would seal new shares under the
+session's (key, nonce) pairs and, for secret-share, leak the difference of two share vectors,
+so a replayed request to join (a repeated global model) is refused.
 """
 
 from __future__ import annotations
@@ -232,9 +236,16 @@ class SecureSettings:
     scope: str = "nbhd"
 
     def group_policy(self, size: int) -> tuple[int, int]:
-        """(num_shares, threshold) for a session of ``size`` clients."""
+        """(num_shares, threshold) for a session of ``size`` clients.
+
+        On a sparse masking graph (``num_shares < size``) the threshold is at least
+        :data:`MIN_GROUP`: the aggregator learns the sum of every connected part of the
+        survivors' masking graph, and a survivor's part holds the ``threshold - 1`` holders
+        whose shares unmasked it, so a threshold of 2 can hand it a sum of two."""
         m = min(self.num_shares or size, size)
         t = self.threshold if self.threshold is not None else math.ceil(2 * m / 3)
+        if m < size:
+            t = max(t, MIN_GROUP)
         t = max(min(t, m), m // 2 + 1)
         return m, t
 
@@ -251,11 +262,12 @@ class SumResult:
 
 @dataclass
 class _ClientSession:
-    vector: np.ndarray | None
+    vector: np.ndarray | None = field(repr=False)  # the encoded input, until it is masked
     client: SecAggClient | None = None
     seeds: dict[int, bytes] = field(default_factory=dict, repr=False)  # secret-share
     #: request type -> (request, the answer sent): a repeated request gets the same answer
-    answered: dict[str, tuple[Message, Message]] = field(default_factory=dict)
+    #: (out of reprs: the answers carry released shares)
+    answered: dict[str, tuple[Message, Message]] = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -281,6 +293,7 @@ class SecureState:
     clients: dict[tuple[int, int], _ClientSession] = field(default_factory=dict)
     aggs: dict[int, _AggSession] = field(default_factory=dict)
     floor: int = 0  # aggregator sessions below this round are closed
+    joined: dict[int, int] = field(default_factory=dict)  # aggregator -> last round joined
     refused: int = 0
     aborted: int = 0
     clipped: int = 0
@@ -323,7 +336,10 @@ class SecureSum:
         ``encoded`` caches encodings across the sessions of one round under ``key``: a peer
         whose input to several aggregators is the same (equal mixing weights, as on regular
         graphs) encodes it once. Sharing one rounding across sums reveals nothing the sums
-        do not."""
+        do not. A session joined before (this round or a later one of ``agg``) is refused:
+        see the module docstring."""
+        if rnd <= st.joined.get(agg, -1):
+            return self._refuse(st, agg, rnd, "a second input to a session already joined")
         effects: list[Effect] = []
         ring = encoded.get(key) if encoded is not None else None
         if ring is None:
@@ -340,6 +356,7 @@ class SecureSum:
                 return [*effects, Emit("secure_input_refused", {"agg": agg, "reason": str(exc)})]
             if encoded is not None:
                 encoded[key] = ring
+        st.joined[agg] = rnd
         if self.settings.mode == "secret-share":
             seeds, sealed = share_seeds(
                 self.peer, sorted(clients), self.pair, self._session(agg, rnd), st.rng
@@ -809,6 +826,7 @@ class SecureFedAvgState:
     sec: SecureState
     round: int = 0  # coordinator: aggregations; client: updates sent
     training_round: int | None = None  # client: the global round it is training from
+    version: int = -1  # client: the latest global round adopted
     aborted_rounds: int = 0
     done: bool = False
 
@@ -936,22 +954,30 @@ class SecureFedAvg(Protocol[SecureFedAvgState]):
             if event.sender != self.coordinator:
                 return state, [Emit("unexpected_message_dropped", {"sender": event.sender})]
             if isinstance(msg, GlobalModel):
-                state.params = np.array(msg.params, dtype=np.float32)
                 if msg.final:
+                    state.params = np.array(msg.params, dtype=np.float32)
                     if not state.done:
                         state.done = True
                         return state, [Stop()]
                     return state, []
-                if state.done or state.training_round is not None or msg.round < state.round:
-                    return state, []
-                state.training_round = msg.round
-                return state, [Train(params=state.params, epochs=self.epochs, steps=self.steps)]
+                if state.done or msg.round <= state.version:
+                    return state, []  # a replay, or overtaken by a later round
+                state.params = np.array(msg.params, dtype=np.float32)
+                state.version = msg.round
+                if state.training_round is not None:
+                    return state, []  # trained once the training in flight ends
+                return state, [self._train(state)]
             if _secure_event(msg):
                 effects, _ = self.secure.on_message(state.sec, event.sender, msg)
                 return state, effects
             return state, []
         if isinstance(event, TrainingDone) and state.training_round is not None:
             rnd, state.training_round = state.training_round, None
+            if state.done:
+                return state, []
+            if state.version > rnd:
+                # the coordinator opened round ``version`` after closing this one
+                return state, [self._train(state)]
             w = min(float(event.samples), self.max_weight) / self.max_weight
             x = np.empty(event.params.size + 1, dtype=np.float64)
             x[:-1] = w * event.params
@@ -967,6 +993,11 @@ class SecureFedAvg(Protocol[SecureFedAvgState]):
             return state, effects
         return state, []
 
+    def _train(self, state: SecureFedAvgState) -> Train:
+        """Train from the latest global model (round ``state.version``)."""
+        state.training_round = state.version
+        return Train(params=state.params, epochs=self.epochs, steps=self.steps)
+
 
 # --- building from config --------------------------------------------------------------------
 
@@ -978,11 +1009,14 @@ def check_groups(sec: Any, groups: Mapping[int, Sequence[int]], *, scope: str) -
     small = {a: min(ns) for a, ns in groups.items() if min(ns) < MIN_GROUP}
     if small:
         a, n = next(iter(sorted(small.items())))
-        what = "neighbourhood of peer" if scope == "nbhd" else "star of coordinator"
+        if scope == "nbhd":
+            what = "neighbourhood of peer"
+            fix = f"choose a topology where every peer has at least {MIN_GROUP} in-neighbours"
+        else:
+            what, fix = "star of coordinator", f"use at least {MIN_GROUP} clients"
         raise ValueError(
             f"secure aggregation needs groups of at least {MIN_GROUP}: the {what} {a} has "
-            f"{n} (a sum of two reveals either input to the other party); choose a topology "
-            f"where every peer has at least {MIN_GROUP} in-neighbours"
+            f"{n} (a sum of two reveals either input to the other party); {fix}"
         )
     if scope == "star" and sec.clipping_range < 1:
         # SecureFedAvg sends the sample weight w <= 1 as one more value: a clipped weight
@@ -1003,12 +1037,24 @@ def check_groups(sec: Any, groups: Mapping[int, Sequence[int]], *, scope: str) -
         if m is not None and m > largest:
             raise ValueError(f"num_shares {m} exceeds the largest group ({largest} clients)")
         t = sec.reconstruction_threshold
-        for size in sizes:
+        for size in sizes if t is not None else ():
             shares = min(m or size, size)
-            if t is not None and t > shares:
+            if t > shares:
                 raise ValueError(
                     f"reconstruction_threshold {t} exceeds the {shares} shares of a group of "
                     f"{size}: no secret could ever be reconstructed"
+                )
+            if t <= shares // 2:
+                raise ValueError(
+                    f"reconstruction_threshold {t} is not more than half of the {shares} "
+                    f"shares of a group of {size}: two disjoint sets of holders could "
+                    "reconstruct both secrets of one client"
+                )
+            if shares < size and t < MIN_GROUP:
+                raise ValueError(
+                    f"reconstruction_threshold {t} is below {MIN_GROUP} with {shares} of a "
+                    f"group of {size} holding shares: dropouts could leave two survivors masked "
+                    "only with each other, and the aggregator would learn their sum"
                 )
 
 
