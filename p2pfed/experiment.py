@@ -412,7 +412,10 @@ def _resolve_automatic(
     if config.time.mode == "wall":
         return _resolve_wall(config)
     per_round = [cost.expected_train_time(i, s) for i, s in enumerate(samples)]
-    frame = 4 * num_params + _FRAME_OVERHEAD
+    sec = config.security
+    # a secure session's vectors are ring elements: 8 bytes a value in Z_2^64
+    width = 8 if sec.secure_aggregation and sec.ring_bits == 64 else 4
+    frame = width * num_params + _FRAME_OVERHEAD
     delay = network.expected_delay(frame)
     # A peer's frames leave one after another on its uplink: the last of d frames (or of d
     # gossip replies at a hub) waits for the d - 1 before it.
@@ -427,12 +430,13 @@ def _resolve_automatic(
         if pcfg.kind != "gossip":
             wait += 2 * slowest
         pcfg = pcfg.model_copy(update={"timeout": _round_up(wait)})
-    sec = config.security
     if sec.secure_aggregation and sec.phase_timeout is None:
         # a later phase of a secure session is one round trip with every client
         sec = sec.model_copy(update={"phase_timeout": _round_up(10 * delay + 2 * queue)})
     ecfg = config.eval
     trips = 2 if pcfg.kind == "gossip" or pcfg.has_coordinator else 1
+    # one-way trips of a secure session: offer, seeds, shares; or 7 for secagg's four phases
+    trips += {"plain": 0, "secret-share": 2, "secagg": 6}[sec.aggregation]
     round_time = slowest + queue + trips * delay
     if ecfg.interval is None:
         ecfg = ecfg.model_copy(update={"interval": _round_up(round_time)})

@@ -575,3 +575,21 @@ def test_cached_lagrange_combine_equals_pycryptodome_combine(t: int, n: int) -> 
     assert server._combine(wrong) == b"\x00" * 16  # the cached coefficients fit other secrets
     with pytest.raises(SecAggError, match="duplicate"):
         server._combine([(1, b"\x01" * 16)] * t)
+
+
+def test_a_client_refuses_to_mask_with_too_few_share_holders_or_unmask_for_two() -> None:
+    g = group(8, num_shares=8, threshold=6, dim=50)
+    roster = g.server.collect_adverts({u: c.advertise() for u, c in g.clients.items()})
+    shares = {u: g.clients[u].share_keys(g.server.roster_for(u)) for u in roster}
+    routed = g.server.route_shares(shares)
+    few = dict(list(routed[0].items())[:4])  # 4 holders + itself < threshold 6
+    with pytest.raises(AbortError, match="only 4 masking neighbours"):
+        g.clients[0].masked_input(np.zeros(50, np.uint32), few)
+    small = group(3, num_shares=3, threshold=2, dim=50)
+    roster = small.server.collect_adverts({u: c.advertise() for u, c in small.clients.items()})
+    shares = {u: small.clients[u].share_keys(small.server.roster_for(u)) for u in roster}
+    routed = small.server.route_shares(shares)
+    for u, c in small.clients.items():
+        c.masked_input(np.zeros(50, np.uint32), routed[u])
+    with pytest.raises(AbortError, match="2 survivors, need 3"):
+        small.clients[0].unmask([0, 1])  # a sum of two would reveal one input to the other

@@ -873,7 +873,7 @@ def test_a_client_asked_to_unmask_twice_never_reveals_twice() -> None:
     ("survivors", "reason"),
     [
         ([0, 1, 2, 4, 5, 6, 7], "unmask asked of a client the aggregator counts as dropped"),
-        ([0, 1, 2, 3, 4], "5 survivors, threshold is 6"),
+        ([0, 1, 2, 3, 4], "5 survivors, need 6"),
         ([0, 1, 2, 3, 4, 5, 6, 7, 9], "survivors include clients that never advertised"),
     ],
 )
@@ -1023,3 +1023,22 @@ def test_secagg_dpsgd_on_two_ray_hosts_reproduces_the_in_process_run(
     assert msgs == local.summary["messages"]
     assert msgs["sent"] == 3 * DPSGD_PAIRS * FRAMES_PER_PAIR["secagg"]
     _clean(on_ray.summary, 3, 16)
+
+
+def test_a_malformed_masked_input_counts_as_a_dropout_not_the_end_of_the_session() -> None:
+    d = fedavg_star("secagg", 1, lambda src, dst, msg: False)
+    honest = d._execute
+
+    def truncate(peer: int, eff: Effect) -> None:  # client 2 sends a vector one value short
+        if peer == 2 and isinstance(eff, Send) and isinstance(eff.message, SaMasked):
+            eff = Send(eff.to, dataclasses.replace(eff.message, y=eff.message.y[:-1]))
+        honest(peer, eff)
+
+    d._execute = truncate  # type: ignore[method-assign]
+    x0 = np.asarray(d.sends(COORD, GlobalModel)[0][1].params)
+    d.settle()
+    assert d.emits("secure_input_malformed", COORD) == [{"agg": COORD, "round": 0, "peers": [2]}]
+    assert d.emits("round_aggregated", COORD) == [{"round": 0, "clients": 7}]
+    others = [k for k in range(N_CLIENTS) if k != 2]
+    final = next(m for _, m in d.sends(COORD, GlobalModel) if m.final)
+    np.testing.assert_allclose(final.params, weighted_average(x0, others), atol=1e-4)

@@ -87,6 +87,7 @@ from Crypto.Protocol.KDF import HKDF
 from Crypto.Protocol.SecretSharing import Shamir, _Element
 from Crypto.PublicKey import ECC
 
+from p2pfed.crypto.config import MIN_GROUP
 from p2pfed.crypto.sharing import SEED_BYTES, expand
 from p2pfed.errors import P2PFedError
 
@@ -365,9 +366,16 @@ class SecAggClient:
         if not self._roster:
             raise SecAggError("masked_input before share_keys")
         nbrs = set(spec.neighbours[self.peer])
-        for owner, sealed in received.items():
+        for owner in received:
             if owner not in nbrs or owner not in self._roster:
                 raise SecAggError(f"shares from peer {owner}, who is not a masking neighbour")
+        if len(received) + 1 < spec.threshold:
+            # Bonawitz et al.'s round-2 check: too few share holders to ever unmask this input
+            raise AbortError(
+                f"only {len(received)} masking neighbours shared keys, threshold is "
+                f"{spec.threshold}"
+            )
+        for owner, sealed in received.items():
             plain = self.pair.open(owner, self._purpose, spec.session, sealed)
             o, h, ib, is_, sb, ss = _SEALED_SHARES.unpack(plain)
             if (o, h) != (owner, self.peer):
@@ -395,8 +403,9 @@ class SecAggClient:
         alive = set(survivors)
         if self.peer not in alive:
             raise SecAggError("unmask asked of a client the aggregator counts as dropped")
-        if len(alive) < self.spec.threshold:
-            raise AbortError(f"{len(alive)} survivors, threshold is {self.spec.threshold}")
+        if len(alive) < max(self.spec.threshold, MIN_GROUP):
+            # fewer than 3 survivors: their sum would reveal one input to another survivor
+            raise AbortError(f"{len(alive)} survivors, need {max(self.spec.threshold, MIN_GROUP)}")
         if not alive <= set(self.spec.clients) or not (
             alive & set(self.spec.neighbours[self.peer])
         ) <= set(self._roster):

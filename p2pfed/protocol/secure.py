@@ -593,11 +593,18 @@ class SecureSum:
                 requests[v] = SaRouted(agg, rnd, _ids(owners), b"".join(got[u] for u in owners))
             return self._enter(sess, "masked", requests), None
         if sess.phase == "masked":
-            survivors = server.collect_masked({u: m.y for u, m in inbox.items()})
+            # a malformed masked input counts as a dropout, not as the session's end
+            fits = {u: m.y for u, m in inbox.items() if _fits(m.y, self.dim, self.fixed.dtype)}
+            bad = sorted(set(inbox) - set(fits))
+            survivors = server.collect_masked(fits)
             if len(survivors) < MIN_GROUP:
                 raise AbortError(f"{len(survivors)} masked inputs, fewer than {MIN_GROUP}")
             unmask = SaUnmask(agg, rnd, _ids(survivors))
-            return self._enter(sess, "last", dict.fromkeys(survivors, unmask)), None
+            effects = self._enter(sess, "last", dict.fromkeys(survivors, unmask))
+            if bad:
+                fields = {"agg": agg, "round": rnd, "peers": bad}
+                effects.append(Emit("secure_input_malformed", fields))
+            return effects, None
         reveals: dict[int, dict[int, tuple[str, int, bytes]]] = {}
         for v, m in inbox.items():
             chunks = _chunks(m.shares, 1 + SHARE_BYTES, len(m.owners))
@@ -655,6 +662,10 @@ class SecureSum:
         for r in [r for r in st.aggs if r <= rnd]:
             del st.aggs[r]
         st.floor = max(st.floor, rnd + 1)
+
+
+def _fits(v: np.ndarray, dim: int, dtype: type[np.unsignedinteger]) -> bool:
+    return v.dtype == dtype and v.shape == (dim,)
 
 
 def _same(a: Message, b: Message) -> bool:
