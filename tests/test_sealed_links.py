@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
+import random
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from p2pfed.config import config_from_mapping
+from p2pfed.crypto import channel as sealing
 from p2pfed.crypto import links
-from p2pfed.crypto.channel import Identity, KeyAdvert, SealError
+from p2pfed.crypto.channel import REPLAY_WINDOW, Identity, KeyAdvert, Opener, Sealer, SealError
 from p2pfed.crypto.config import SecurityConfig
 from p2pfed.crypto.links import SEAL_OVERHEAD, KeyDirectory, LinkGuard, identity_seed, link_guard
 from p2pfed.experiment import build_world, run
@@ -195,6 +201,50 @@ def test_plain_channels_build_no_guard() -> None:
     assert link_guard(SecurityConfig(), SEED, 4, [0, 1]) is None
 
 
+def _link() -> tuple[Sealer, Opener]:
+    a, b = _guard([0]).identities[0], _guard([1]).identities[1]
+    key = sealing.link_key(a, b.advert(0), 0, 1)
+    return Sealer(key, 0, 1, 0), Opener(key, 0, 1, 0)
+
+
+@functools.cache
+def _link_frames() -> tuple[bytes, tuple[bytes, ...]]:
+    """One link's key and its first 3 * REPLAY_WINDOW + 1 frames (sealed once: slow)."""
+    sealer, _ = _link()
+    return sealer.key, tuple(sealer.seal(KIND, b"") for _ in range(3 * REPLAY_WINDOW + 1))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(0, 3 * REPLAY_WINDOW), max_size=300), st.integers(0, 2**32))
+def test_the_replay_window_accepts_what_a_naive_reference_accepts(
+    order: list[int], shuffle: int
+) -> None:
+    """Differential: each arrival (reordered, repeated, or far behind) is accepted exactly when
+    its counter is new and within REPLAY_WINDOW of the highest accepted (RFC 4303)."""
+    key, frames = _link_frames()
+    opener = Opener(key, 0, 1, 0)
+    edge = [REPLAY_WINDOW + 5, 5, 6, 4]  # just outside, just inside, outside the window
+    arrivals = edge + order + random.Random(shuffle).sample(order, len(order))  # and replays
+    accepted: set[int] = set()
+    for c in arrivals:
+        fresh = c not in accepted and c > max(accepted, default=-1) - REPLAY_WINDOW
+        try:
+            opener.open(KIND, frames[c])
+        except SealError as exc:
+            assert not fresh and exc.reason == "replayed or too old"
+        else:
+            assert fresh
+            accepted.add(c)
+
+
+def test_a_links_replay_state_stays_small_however_long_the_run() -> None:
+    """Counters seen are kept as a bitmap: a set of them reached ~180 KiB a link."""
+    sealer, opener = _link()
+    for _ in range(3 * REPLAY_WINDOW):
+        opener.open(KIND, sealer.seal(KIND, b""))
+    assert sum(sys.getsizeof(v) for v in vars(opener).values()) < 1024
+
+
 # --- runs --------------------------------------------------------------------------------
 
 AEAD = {"channel": "aead"}
@@ -358,6 +408,37 @@ def test_keys_rotating_every_round_change_nothing_but_the_bytes(tmp_path: Path) 
     short = run(small_config(security={**AEAD, "rotate_every": 0.004}), out=tmp_path / "short")
     assert short.summary["status"] == "completed"
     assert short.summary["frames_rejected_by_reason"].get("epoch expired", 0) > 0
+
+
+def test_no_key_nonce_pair_repeats_in_a_run_with_rotation_and_replays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The (key, nonce) pairs that AES-GCM really sealed with, over a whole run whose keys
+    rotate about every round and whose frames an on-path adversary replays: all distinct."""
+    used: list[tuple[bytes, bytes]] = []
+    inside: list[bool] = []  # within Sealer.seal
+    seal, new = sealing.Sealer.seal, sealing.AES.new
+
+    def watched_seal(self: Sealer, kind: str, plaintext: bytes) -> bytes:
+        inside.append(True)
+        try:
+            return seal(self, kind, plaintext)
+        finally:
+            inside.pop()
+
+    def watched_new(key: bytes, mode: int, *args: Any, **kwargs: Any) -> Any:
+        if inside and mode == sealing.AES.MODE_GCM:  # GCM itself makes an ECB cipher
+            used.append((bytes(key), bytes(kwargs["nonce"])))
+        return new(key, mode, *args, **kwargs)
+
+    monkeypatch.setattr(sealing.Sealer, "seal", watched_seal)
+    monkeypatch.setattr(sealing.AES, "new", watched_new)
+    cfg = small_config(security={**AEAD, "rotate_every": 0.1})
+    replay = ReplayEvery(3)
+    s = run(cfg, out=tmp_path, interceptors=[replay]).summary
+    assert s["frames_rejected_by_reason"]["replayed or too old"] == replay.replayed > 0
+    assert len({k for k, _ in used}) > 2 * 6 * 2  # several epochs of every directed link
+    assert len(used) == len(set(used)) == s["messages"]["sent"] - replay.replayed
 
 
 def _stateless_attack(t: float, src: int, dst: int, frame: bytes) -> list[bytes]:

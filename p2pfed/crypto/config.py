@@ -33,7 +33,7 @@ class SecurityConfig(BaseModel):
     )
     rotate_every: Real | None = Field(
         None,
-        gt=0,
+        ge=1e-3,  # epochs are 32-bit: a millisecond lasts 49 days of run time
         description="aead: seconds (virtual, or wall) per link-key epoch; keys of older "
         "epochs are forgotten one epoch later; null: one epoch for the whole run",
     )

@@ -28,11 +28,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from p2pfed.errors import P2PFedError
+
 RING_DTYPES: dict[int, type[np.unsignedinteger]] = {32: np.uint32, 64: np.uint64}
 _SIGNED: dict[int, type[np.signedinteger]] = {32: np.int32, 64: np.int64}
 
 
-class FixedPointError(ValueError):
+class FixedPointError(P2PFedError, ValueError):
     """A fixed-point setting or input that cannot be encoded faithfully."""
 
 
