@@ -1042,3 +1042,39 @@ def test_a_malformed_masked_input_counts_as_a_dropout_not_the_end_of_the_session
     others = [k for k in range(N_CLIENTS) if k != 2]
     final = next(m for _, m in d.sends(COORD, GlobalModel) if m.final)
     np.testing.assert_allclose(final.params, weighted_average(x0, others), atol=1e-4)
+
+
+@pytest.mark.ray
+def test_secure_fedavg_in_wall_time_on_ray_completes_every_round(
+    ray_local: Any, tmp_path: Path
+) -> None:
+    cfg = small_config(
+        topology={"kind": "ring", "n": 6},
+        protocol={"kind": "fedavg", "rounds": 3},
+        time={"mode": "wall"},
+        eval={"interval": 0.5},
+        runtime={"kind": "ray", "hosts": 2},
+    )
+    cfg["security"] = {"aggregation": "secagg", "channel": "aead"}
+    res = run(cfg, out=tmp_path / "wall")
+    s = res.summary
+    assert s["status"] == "completed" and s["time_mode"] == "wall"
+    assert s["protocol_events"].get("round_aggregated") == 3, s["protocol_events"]
+    assert "secure_round_aborted" not in s["protocol_events"]
+    assert s["frames_rejected"] == 0 and s["bytes"]["crypto"] > 0
+    assert s["final"]["mean_acc"] > 0.3
+
+
+def test_sealed_links_and_secure_sums_compose(tmp_path: Path) -> None:
+    """Sealing changes the bytes on the wire, never what a secure sum computes."""
+    base = small_config(topology=TORUS, protocol={"kind": "dpsgd", "rounds": 3})
+    plain = run({**base, "security": {"aggregation": "secagg"}}, out=tmp_path / "a")
+    sealed = run(
+        {**base, "security": {"aggregation": "secagg", "channel": "aead", "rotate_every": 0.05}},
+        out=tmp_path / "b",
+    )
+    assert sealed.summary["bytes"]["crypto"] > 0 == plain.summary["bytes"]["crypto"]
+    assert sealed.summary["frames_rejected"] == 0
+    assert sealed.summary["messages"]["sent"] == plain.summary["messages"]["sent"]
+    assert sealed.mean_accuracy == pytest.approx(plain.mean_accuracy, abs=1e-9)
+    _clean(sealed.summary, 3, 16)
