@@ -7,7 +7,8 @@ Part 1, one peer's cost per round, for d in ``--dims`` and k = 4 neighbours (a p
 4-regular graph joins the 4 sessions of its neighbours, each with 4 clients): the time to
 encode its weighted model once (clip, stochastic rounding into Z_2^32; the weight is the
 same for every neighbour on a torus) and protect it in each of its 4 sessions, for
-``secret-share`` (share seeds, kept share, shares held for the others) and ``secagg`` (fresh
+``secret-share`` (the kept share, less 3 pseudorandom shares, plus the 3 shares held for
+the others) and ``secagg`` (fresh
 mask key, Shamir shares of b_u and the mask key sealed to 3 neighbours, self mask and 3
 pairwise masks). The aggregator's unmasking of one session (4 clients, none or one dropped)
 is timed apart. Best of ``--repeat``.
@@ -23,12 +24,12 @@ sample, 10-20 ms latency, 100 Mbit/s uplinks), deterministic.
 Bytes are all frames of the 2R run over the plain run's bytes; the targets are bytes <= 1.05
 for d >= 10^5 and secure <= 1.3x plain seconds per round at N = 16.
 
-Measured here (2 cores, --repeat 2), per-peer ms for d = 10^5 / 10^6: encode 1.0 / 11.3,
-secret-share 5.6 / 47.1, secagg 7.6 / 38.3, one session's unmasking 1.0 / 7.9 (3.0 / 12.4 with
-a dropout). Runs, hidden 64 (d = 4,810) / 1500 (d = 112,510): bytes x plain 1.020 / 1.001
+Measured here (2 cores, --repeat 2), per-peer ms for d = 10^5 / 10^6: encode 1.0 / 9.6,
+secret-share 4.2 / 43.6, secagg 8.4 / 38.4, one session's unmasking 0.8 / 7.8 (2.9 / 12.1 with
+a dropout). Runs, hidden 64 (d = 4,810) / 1500 (d = 112,510): bytes x plain 1.007 / 1.000
 (secret-share) and 1.060 / 1.003 (secagg); virtual s/round x plain 1.20 / 1.09 and
-1.58 / 1.25; wall s/round x plain 3.48 / 3.41 and 7.13 / 4.04; with ``--epochs 8 --hidden
-1500`` wall 1.38x and 1.81x. The wall-time target is not met on this workload: the crypto
+1.58 / 1.25; wall s/round x plain 1.67 / 2.31 and 7.42 / 4.09; with ``--epochs 8 --hidden
+1500`` wall 1.28x and 1.51x. The wall-time target is not met with 1 local epoch: the crypto
 floor (AES-CTR at ~3.7 GB/s: 16-24 expansions of 0.4 MB per peer and round, plus encoding)
 is about as long as a peer's whole plain round.
 """
@@ -53,7 +54,6 @@ from p2pfed.crypto.secagg import (
     partial_sum,
     session_id,
     share_contribution,
-    share_seeds,
 )
 
 K = 4  # neighbours per peer, and clients per session
@@ -82,17 +82,12 @@ def micro(d: int, repeat: int) -> dict[str, float]:
         fixed.encode(0.25 * x, rng)
 
     def secret_share() -> float:
-        sids = [session_id("bench-ss", K, s) for s in range(K)]
-        held = [  # the seeds the other clients sealed to peer 0, per session
-            {j: share_seeds(j, clients, pair[j], sid, rng)[1][0] for j in clients[1:]}
-            for sid in sids
-        ]
         t0 = time.perf_counter()
         ring = fixed.encode(0.25 * x, rng)
-        for sid, mine in zip(sids, held, strict=True):
-            own, _ = share_seeds(0, clients, pair[0], sid, rng)
-            z = share_contribution(ring, own)
-            z += partial_sum(0, mine, pair[0], sid, d)
+        for s in range(K):
+            sid = session_id("bench-ss", K, s)
+            z = share_contribution(0, ring, clients, pair[0], sid)
+            z += partial_sum(0, clients, pair[0], sid, d)
         return time.perf_counter() - t0
 
     def secagg() -> float:

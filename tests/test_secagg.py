@@ -14,9 +14,7 @@ from scipy import stats
 
 from p2pfed.crypto import FixedPoint, secagg
 from p2pfed.crypto.secagg import (
-    SEALED_SEED_BYTES,
     AbortError,
-    PairKeys,
     SecAggClient,
     SecAggError,
     SecAggServer,
@@ -26,7 +24,7 @@ from p2pfed.crypto.secagg import (
     partial_sum,
     session_id,
     share_contribution,
-    share_seeds,
+    share_seed,
 )
 from p2pfed.crypto.sharing import expand
 from p2pfed.errors import P2PFedError
@@ -363,11 +361,9 @@ def test_share_vectors_look_uniform_and_uncorrelated_with_the_input() -> None:
     x = staircase(fp)
     members = tuple(range(5))
     keys = {m: pair_keys(m, SEEDS[m], PUBLICS) for m in members}
-    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(6).spawn(5)]
-    out = {j: _contribute(j, x, members, keys[j], rngs[j]) for j in members}
-    assert_looks_uniform(out[0][0], x)  # the aggregator's vector of contributor 0
-    mine = {j: sealed[2] for j, (_, sealed) in out.items() if j != 2}
-    assert_looks_uniform(partial_sum(2, mine, keys[2], SESSION, D), x)  # member 2's sum
+    kept = share_contribution(0, x, members, keys[0], SESSION)
+    assert_looks_uniform(kept, x)  # contributor 0's kept share
+    assert_looks_uniform(partial_sum(2, members, keys[2], SESSION, D), x)  # member 2's sum
 
 
 def _byte_leaves(obj: object, seen: set[int]) -> Iterator[bytes]:
@@ -472,58 +468,41 @@ def test_tampered_or_malformed_messages_are_refused() -> None:
     np.testing.assert_array_equal(g.server.reconstruct(reveals), codes.sum(axis=0, dtype=np.uint32))
 
 
-# --- seed-compressed additive sharing -----------------------------------------------------------
-
-
-def _contribute(
-    j: int, x: np.ndarray, members: tuple[int, ...], key: PairKeys, rng: np.random.Generator
-) -> tuple[np.ndarray, dict[int, bytes]]:
-    """Contributor ``j``'s kept share of ``x`` and its sealed seeds for the other members."""
-    seeds, sealed = share_seeds(j, members, key, SESSION, rng)
-    return share_contribution(x, seeds), sealed
+# --- pseudorandom additive sharing -----------------------------------------------------------
 
 
 @pytest.mark.parametrize("dtype", [np.uint32, np.uint64])
-def test_seed_compressed_shares_add_up_to_the_ring_sum_exactly(dtype: type) -> None:
+def test_pseudorandom_shares_add_up_to_the_ring_sum_exactly(dtype: type) -> None:
     members = tuple(range(5))  # the aggregator (AGGREGATOR) is not among them
     keys = {m: pair_keys(m, SEEDS[m], PUBLICS) for m in members}
-    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(5).spawn(5)]
     xs = random_codes(5, D, dtype, seed=5)
-    out = {j: _contribute(j, xs[j], members, keys[j], rngs[j]) for j in members}
-    for j, (y, sealed) in out.items():
-        assert y.dtype == dtype and y.shape == (D,)
-        assert set(sealed) == set(members) - {j}
-        assert all(len(blob) == SEALED_SEED_BYTES for blob in sealed.values())
-
-    to_aggregator: np.ndarray = np.sum([y for y, _ in out.values()], axis=0, dtype=dtype)
-    partials = [
-        partial_sum(m, {j: s[m] for j, (_, s) in out.items() if j != m}, keys[m], SESSION, D, dtype)
-        for m in members
-    ]
-    total = to_aggregator + np.sum(partials, axis=0, dtype=dtype)
+    kept = [share_contribution(j, xs[j], members, keys[j], SESSION) for j in members]
+    partials = [partial_sum(m, members, keys[m], SESSION, D, dtype) for m in members]
+    assert all(k.dtype == dtype and k.shape == (D,) for k in kept + partials)
+    total = np.sum(kept, axis=0, dtype=dtype) + np.sum(partials, axis=0, dtype=dtype)
     np.testing.assert_array_equal(total, xs.sum(axis=0, dtype=dtype))
-    short = to_aggregator + np.sum(partials[1:], axis=0, dtype=dtype)  # one member missing
-    assert np.mean(short == total) < 0.01
+    short = total - partials[0]  # one member missing: noise
+    assert np.mean(short == xs.sum(axis=0, dtype=dtype)) < 0.01
+    # a member's kept share plus what it holds is one vector per member, and the sum over the
+    # ready members only is exact too (members 0..2 ready, 3 and 4 not)
+    ready = members[:3]
+    sub = [
+        share_contribution(j, xs[j], ready, keys[j], SESSION)
+        + partial_sum(j, ready, keys[j], SESSION, D, dtype)
+        for j in ready
+    ]
+    np.testing.assert_array_equal(np.sum(sub, axis=0, dtype=dtype), xs[:3].sum(axis=0, dtype=dtype))
 
 
-def test_a_tampered_or_misdirected_seed_is_refused() -> None:
-    members = (0, 1, 2)
-    keys = {m: pair_keys(m, SEEDS[m], PUBLICS) for m in members}
-    x = np.arange(32, dtype=np.uint32)
-    _, sealed = _contribute(0, x, members, keys[0], np.random.default_rng(0))
-    partial_sum(1, {0: sealed[1]}, keys[1], SESSION, 32)  # the genuine one opens
-    flipped = bytearray(sealed[1])
-    flipped[0] ^= 0x80
-    with pytest.raises(SecAggError, match="failed authentication"):
-        partial_sum(1, {0: bytes(flipped)}, keys[1], SESSION, 32)
-    with pytest.raises(SecAggError, match="failed authentication"):
-        partial_sum(2, {0: sealed[1]}, keys[2], SESSION, 32)  # sealed for member 1
-    with pytest.raises(SecAggError, match="failed authentication"):
-        partial_sum(1, {0: sealed[1]}, keys[1], session_id("star", AGGREGATOR, 2), 32)
-    with pytest.raises(SecAggError, match="wrong length"):
-        partial_sum(1, {0: sealed[1][:-1]}, keys[1], SESSION, 32)
+def test_share_seeds_are_pairwise_directed_and_session_bound() -> None:
+    a, b, c = (pair_keys(p, SEEDS[p], PUBLICS) for p in (0, 1, 2))
+    ab = share_seed(a, 1, SESSION, 0, 1)
+    assert ab == share_seed(b, 0, SESSION, 0, 1)  # both ends derive the same seed
+    assert ab != share_seed(a, 1, SESSION, 1, 0)  # the other direction differs
+    assert ab != share_seed(a, 1, session_id("star", AGGREGATOR, 2), 0, 1)  # next session
+    assert ab != share_seed(c, 1, SESSION, 2, 1)  # another pair
     with pytest.raises(SecAggError, match="unsigned"):
-        _contribute(0, x.astype(np.int32), members, keys[0], np.random.default_rng())
+        share_contribution(0, np.arange(4, dtype=np.int32), (0, 1, 2), a, SESSION)
 
 
 # --- pairwise sealing -----------------------------------------------------------------------

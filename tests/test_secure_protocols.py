@@ -47,7 +47,7 @@ from p2pfed.protocol.secure import (
     SecureSettings,
     SecureState,
     SecureSum,
-    SsSeeds,
+    SsReady,
     SsShare,
 )
 from p2pfed.topology import StaticSchedule, Topology, TopologySpec, build_topology
@@ -925,17 +925,17 @@ def test_fedavg_clients_drop_session_messages_not_from_the_coordinator() -> None
     assert len(d.sends(4, SaShares)) == 1
 
 
-def test_forged_share_seeds_are_refused_and_the_session_still_completes() -> None:
-    d, x0 = dpsgd_torus("secret-share", 1, drop_from(SsSeeds, {0}, to=1))
+def test_a_relayed_ready_list_is_refused_and_the_session_still_completes() -> None:
+    d, x0 = dpsgd_torus("secret-share", 1, drop_from(SsReady, {0}, to=1))
     d.settle()
-    ((_, _, seeds),) = d.lost
-    # neighbour 4 forwards peer 0's seed bundle to peer 1 as if it were the aggregator
-    d.deliver(1, MessageArrived(4, seeds))
+    ((_, _, ready),) = d.lost
+    # neighbour 4 forwards peer 0's ready list to peer 1 as if it were the aggregator
+    d.deliver(1, MessageArrived(4, ready))
     assert d.emits("secure_step_refused", 1) == [
         {"agg": 0, "round": 0, "reason": "session message relayed by peer 4"}
     ]
     assert not [m for k, m in d.sends(1, SsShare) if k == 0]
-    d.deliver(1, MessageArrived(0, seeds))  # the real one, late: the session was kept
+    d.deliver(1, MessageArrived(0, ready))  # the real one, late: the session was kept
     d.settle()
     assert d.done == set(range(16))
     topo = TORUS_SCHEDULE.at(0)
@@ -945,6 +945,16 @@ def test_forged_share_seeds_are_refused_and_the_session_still_completes() -> Non
         mixed(topo, 0, half, set(topo.in_neighbours(0))),
         atol=4 * STEP + 1e-6,
     )
+
+
+def test_a_ready_list_of_two_or_without_the_receiver_is_refused() -> None:
+    d, _ = dpsgd_torus("secret-share", 1, drop_from(SsReady, {0}, to=1))
+    d.settle()
+    for members in ([1, 3], [3, 4, 12]):  # a sum of two; a list that leaves peer 1 out
+        d.deliver(1, MessageArrived(0, SsReady(0, 0, np.array(members, dtype=np.int64))))
+    refused = [e["reason"] for e in d.emits("secure_step_refused", 1)]
+    assert refused == ["the ready list is not a group of 3 with this peer"] * 2
+    assert not [m for k, m in d.sends(1, SsShare) if k == 0]
 
 
 # --- 4. what a wire tap sees ----------------------------------------------------------------

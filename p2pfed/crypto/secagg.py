@@ -52,13 +52,19 @@ fewer than ``t`` shares, aborts the session with :class:`AbortError` (the caller
 without the sum). Shamir's polynomial coefficients come from the operating system's
 generator (pycryptodome takes no seed); no result depends on them.
 
-Seed-compressed additive sharing (:func:`share_seeds`, :func:`share_contribution`,
-:func:`partial_sum`): a contributor ``j`` splits ``x_j`` into the shares ``PRG(seed_jm)``, one
-per other member ``m``, and ``x_j - sum_m PRG(seed_jm)``, which it keeps; the seeds travel
-sealed end to end (16 bytes each, relayed by the aggregator). Member ``m`` adds up the shares
-it holds, ``sum_j PRG(seed_jm)`` (its partial sum). These are the additive shares of
-:func:`p2pfed.crypto.sharing.share`, each but one carried as its seed, so a share costs 16
-bytes instead of a vector on the wire.
+Pseudorandom additive sharing (:func:`share_contribution`, :func:`partial_sum`; Cramer,
+Damgard & Ishai, "Share conversion, pseudorandom secret-sharing and applications to secure
+computation", TCC 2005): a contributor ``j`` splits ``x_j`` into the shares
+``PRG(seed(j -> m))``, one per other member ``m``, and ``x_j - sum_m PRG(seed(j -> m))``,
+which it keeps. ``seed(j -> m)`` is derived (:func:`kdf`) from the long-term pairwise secret
+of ``j`` and ``m`` (:class:`PairKeys`) with the session and the direction in the context, so
+both ends compute it and the share never travels; the aggregator, which lacks the pairwise
+secret, sees none of it. Member ``m`` adds up the shares it holds, ``sum_j PRG(seed(j -> m))``
+(its partial sum). These are the additive shares of :func:`p2pfed.crypto.sharing.share`;
+earlier versions drew each seed fresh and sent it sealed through the aggregator, which cost
+an AES-GCM seal and open per pair and session (~40 us each, a quarter of a peer's
+secret-share work) for no gain in secrecy. A session id is never reused (one join per
+aggregator and round), so no seed is either.
 
 Key derivation: keys made once per run (a peer's long-term pair-key seed) use HKDF-SHA256;
 keys made per session use the one-step KDF of NIST SP 800-56C rev. 2, section 4.1, option 1
@@ -96,7 +102,6 @@ SHARE_BYTES = 16  # a Shamir share of a 16-byte secret
 TAG_BYTES = 16
 _SEALED_SHARES = struct.Struct(">IIBB16s16s")  # owner, holder, index b, index s, shares
 SEALED_SHARE_BYTES = _SEALED_SHARES.size + TAG_BYTES
-SEALED_SEED_BYTES = SEED_BYTES + TAG_BYTES
 
 
 class SecAggError(P2PFedError, ValueError):
@@ -560,56 +565,42 @@ class SecAggServer:
         return result.encode()
 
 
-# --- seed-compressed additive sharing -------------------------------------------------------
+# --- pseudorandom additive sharing -----------------------------------------------------------
 
 
-def share_seeds(
-    peer: int,
-    members: Sequence[int],
-    pair: PairKeys,
-    session: bytes,
-    rng: np.random.Generator,
-) -> tuple[dict[int, bytes], dict[int, bytes]]:
-    """Fresh 16-byte share seeds for every member but this peer, and each sealed to its
-    member (for the aggregator to relay): ``(seeds, sealed)``, both keyed by member. Call it
-    once per session: every seal under one (session, sender, receiver) key uses one nonce."""
-    seeds: dict[int, bytes] = {}
-    sealed: dict[int, bytes] = {}
-    for m in members:
-        if m == peer:
-            continue
-        seeds[m] = rng.bytes(SEED_BYTES)
-        sealed[m] = pair.seal(m, b"share-seed", session, seeds[m])
-    return seeds, sealed
+def share_seed(pair: PairKeys, other: int, session: bytes, src: int, dst: int) -> bytes:
+    """The seed of the share that ``src`` gives ``dst`` in ``session`` (one of them is
+    ``pair``'s peer, the other ``other``): both ends derive it from their pairwise secret, so
+    it never travels, and nobody else can."""
+    return pair.key(other, b"share-seed", session, src, dst)
 
 
-def share_contribution(x: np.ndarray, seeds: Mapping[int, bytes]) -> np.ndarray:
-    """The share of ring vector ``x`` that is not seeded: ``x - sum PRG(seed)`` (the other
-    shares are the seeds' expansions, held by the members the seeds went to)."""
+def share_contribution(
+    peer: int, x: np.ndarray, members: Iterable[int], pair: PairKeys, session: bytes
+) -> np.ndarray:
+    """The share of ring vector ``x`` that ``peer`` keeps: ``x`` minus the share it gives
+    each other member, ``PRG(seed(peer -> m))``."""
     arr = np.asarray(x)
     if arr.dtype.kind != "u":
         raise SecAggError(f"shares live in a ring of unsigned integers, got {arr.dtype}")
     y = arr.copy()
-    for m in sorted(seeds):
-        y -= expand(seeds[m], arr.size, arr.dtype.type).reshape(arr.shape)
+    for m in sorted(set(members) - {peer}):
+        y -= expand(share_seed(pair, m, session, peer, m), arr.size, arr.dtype.type)
     return y
 
 
 def partial_sum(
     peer: int,
-    sealed: Mapping[int, bytes],
+    owners: Iterable[int],
     pair: PairKeys,
     session: bytes,
     dim: int,
     dtype: type[np.unsignedinteger] = np.uint32,
 ) -> np.ndarray:
-    """A member's partial sum: its shares (seeds sealed to it by each contributor) added up."""
+    """The shares ``peer`` holds of the inputs of ``owners``, added up."""
     total = np.zeros(dim, dtype=dtype)
-    for j in sorted(sealed):
-        blob = sealed[j]
-        if len(blob) != SEALED_SEED_BYTES:
-            raise SecAggError(f"sealed seed from peer {j} has the wrong length")
-        total += expand(pair.open(j, b"share-seed", session, blob), dim, dtype)
+    for j in sorted(set(owners) - {peer}):
+        total += expand(share_seed(pair, j, session, j, peer), dim, dtype)
     return total
 
 

@@ -5,10 +5,11 @@ FedAvg whose coordinator learns only the sum of the clients' weighted models.
 Two mechanisms (:mod:`p2pfed.crypto.secagg` has the cryptography and its threat model):
 
 * ``secret-share``: every client of a session splits its encoded input into one additive
-  share per group member: the shares for the others travel as 16-byte seeds, sealed end to
-  end and relayed by the aggregator once it knows who is ready (``SsOffer`` -> ``SsSeeds``);
-  each member then returns one vector, the share it kept plus the shares it holds for the
-  others (``SsShare``), and the aggregator adds those up. No party short of the whole group
+  share per group member, the shares for the others drawn from seeds it shares pairwise with
+  each of them (pseudorandom secret sharing: they never travel). Clients say they are ready
+  (``SsOffer``), the aggregator names the ready members (``SsReady``), and each member returns
+  one vector, the share it kept plus the shares it holds for the other ready members
+  (``SsShare``); the aggregator adds those up. No party short of the whole group
   sees anything but uniform noise, and a client's input costs one vector on the wire, as in
   plain D-PSGD. There is no dropout recovery: a member that never returns its vector makes
   the session abort.
@@ -36,7 +37,7 @@ Message flow of one session (``S`` = the aggregator, ``C`` = a client)::
 
     secagg:        C->S SaAdvert   S->C SaRoster   C->S SaShares   S->C SaRouted
                    C->S SaMasked   S->C SaUnmask   C->S SaReveal
-    secret-share:  C->S SsOffer    S->C SsSeeds    C->S SsShare
+    secret-share:  C->S SsOffer    S->C SsReady    C->S SsShare
 
 D-PSGD round ``r`` at peer ``i`` (:class:`SecureDPSGD`): train to ``h_i``; join the session of
 every out-neighbour ``a`` with input ``W_ai h_i``; open its own session over its
@@ -67,7 +68,6 @@ from p2pfed.crypto.config import MIN_GROUP
 from p2pfed.crypto.fixedpoint import FixedPoint, FixedPointError
 from p2pfed.crypto.secagg import (
     KEY_BYTES,
-    SEALED_SEED_BYTES,
     SEALED_SHARE_BYTES,
     SHARE_BYTES,
     AbortError,
@@ -79,7 +79,6 @@ from p2pfed.crypto.secagg import (
     partial_sum,
     session_id,
     share_contribution,
-    share_seeds,
 )
 from p2pfed.errors import ProtocolError
 from p2pfed.protocol.core import (
@@ -105,7 +104,7 @@ SecureMode = Literal["secret-share", "secagg"]
 
 # --- messages (``agg`` and ``round`` name the session) ------------------------------------
 
-_IDS = frozenset({"peers", "to", "owners", "survivors", "y", "z"})
+_IDS = frozenset({"peers", "to", "owners", "survivors", "members", "y", "z"})
 
 
 @dataclass(frozen=True)
@@ -170,20 +169,16 @@ class SaReveal(Message):
 
 @dataclass(frozen=True)
 class SsOffer(Message):
-    free_shape: ClassVar[frozenset[str]] = _IDS
     agg: int
-    round: int
-    to: np.ndarray  # members the share seeds are sealed to
-    seeds: bytes  # SEALED_SEED_BYTES each
+    round: int  # the client is ready with its input for this session
 
 
 @dataclass(frozen=True)
-class SsSeeds(Message):
+class SsReady(Message):
     free_shape: ClassVar[frozenset[str]] = _IDS
     agg: int
     round: int
-    owners: np.ndarray
-    seeds: bytes
+    members: np.ndarray  # int64 ids of the ready clients, the receiver among them
 
 
 @dataclass(frozen=True)
@@ -203,7 +198,7 @@ SESSION_MESSAGES: tuple[type[Message], ...] = (
     SaUnmask,
     SaReveal,
     SsOffer,
-    SsSeeds,
+    SsReady,
     SsShare,
 )
 _TO_AGGREGATOR = (SaAdvert, SaShares, SaMasked, SaReveal, SsOffer, SsShare)
@@ -264,7 +259,7 @@ class SumResult:
 class _ClientSession:
     vector: np.ndarray | None = field(repr=False)  # the encoded input, until it is masked
     client: SecAggClient | None = None
-    seeds: dict[int, bytes] = field(default_factory=dict, repr=False)  # secret-share
+    members: tuple[int, ...] = ()  # secret-share: the session's clients
     #: request type -> (request, the answer sent): a repeated request gets the same answer
     #: (out of reprs: the answers carry released shares)
     answered: dict[str, tuple[Message, Message]] = field(default_factory=dict, repr=False)
@@ -358,12 +353,8 @@ class SecureSum:
                 encoded[key] = ring
         st.joined[agg] = rnd
         if self.settings.mode == "secret-share":
-            seeds, sealed = share_seeds(
-                self.peer, sorted(clients), self.pair, self._session(agg, rnd), st.rng
-            )
-            st.clients[(agg, rnd)] = _ClientSession(ring, seeds=seeds)
-            to = sorted(sealed)
-            msg: Message = SsOffer(agg, rnd, _ids(to), b"".join(sealed[m] for m in to))
+            st.clients[(agg, rnd)] = _ClientSession(ring, members=tuple(sorted(clients)))
+            msg: Message = SsOffer(agg, rnd)
         else:
             client = SecAggClient(self.peer, self._spec(agg, rnd, clients), self.pair, st.rng)
             st.clients[(agg, rnd)] = _ClientSession(ring, client)
@@ -389,11 +380,12 @@ class SecureSum:
     def _answer(
         self, st: SecureState, agg: int, rnd: int, sess: _ClientSession, msg: Message
     ) -> list[Effect]:
-        if isinstance(msg, SsSeeds):
+        if isinstance(msg, SsReady):
             if sess.vector is None:
-                return self._refuse(st, agg, rnd, "a second, different seed bundle")
+                return self._refuse(st, agg, rnd, "a second, different list of ready members")
             effects = self._share(st, agg, rnd, sess, msg)
-            sess.vector = None  # one share vector per session: two would leak differences
+            if any(isinstance(e, Send) for e in effects):
+                sess.vector = None  # one share vector per session: two would leak differences
             return effects
         if sess.client is None:
             return self._dropped(agg, rnd, "no session")
@@ -427,25 +419,18 @@ class SecureSum:
         return []
 
     def _share(
-        self, st: SecureState, agg: int, rnd: int, sess: _ClientSession, msg: SsSeeds
+        self, st: SecureState, agg: int, rnd: int, sess: _ClientSession, msg: SsReady
     ) -> list[Effect]:
-        """Secret-share, last step: the kept share of this client's input (less the seeded
-        shares of the members that are ready) plus the shares it holds for those members."""
-        owners = msg.owners.tolist()
-        blobs = _chunks(msg.seeds, SEALED_SEED_BYTES, len(owners))
-        if blobs is None or not set(owners) <= set(sess.seeds) or len(set(owners)) < MIN_GROUP - 1:
-            return self._refuse(st, agg, rnd, "seed bundle malformed, or names too few members")
+        """Secret-share, last step: the kept share of this client's input (less its shares
+        for the ready members) plus the shares it holds of those members' inputs."""
+        ready = set(msg.members.tolist())
+        if self.peer not in ready or not ready <= set(sess.members) or len(ready) < MIN_GROUP:
+            return self._refuse(st, agg, rnd, "the ready list is not a group of 3 with this peer")
         assert sess.vector is not None
+        session = self._session(agg, rnd)
         try:
-            z = share_contribution(sess.vector, {m: sess.seeds[m] for m in owners})
-            z += partial_sum(
-                self.peer,
-                dict(zip(owners, blobs, strict=True)),
-                self.pair,
-                self._session(agg, rnd),
-                self.dim,
-                self.fixed.dtype,
-            )
+            z = share_contribution(self.peer, sess.vector, ready, self.pair, session)
+            z += partial_sum(self.peer, ready, self.pair, session, self.dim, self.fixed.dtype)
         except SecAggError as exc:
             return self._refuse(st, agg, rnd, exc.reason)
         return [Send(agg, SsShare(agg, rnd, z))]
@@ -623,24 +608,12 @@ class SecureSum:
     ) -> tuple[list[Effect], SumResult | None]:
         agg, rnd = self.peer, sess.round
         if sess.phase == "first":
-            seeds: dict[int, dict[int, bytes]] = {}  # holder -> owner -> sealed seed
-            ready = []
-            for j, m in sorted(inbox.items()):
-                blobs = _chunks(m.seeds, SEALED_SEED_BYTES, len(m.to))
-                if blobs is None or not set(sess.expected) - {j} <= set(m.to.tolist()):
-                    continue
-                ready.append(j)
-                for holder, blob in zip(m.to.tolist(), blobs, strict=True):
-                    seeds.setdefault(holder, {})[j] = blob
+            ready = sorted(inbox)
             if len(ready) < MIN_GROUP:
                 raise AbortError(f"{len(ready)} clients ready, fewer than {MIN_GROUP}")
             sess.ready = tuple(ready)
-            requests: dict[int, Message] = {}
-            for h in ready:
-                owners = [j for j in ready if j != h]
-                bundle = b"".join(seeds[h][j] for j in owners)
-                requests[h] = SsSeeds(agg, rnd, _ids(owners), bundle)
-            return self._enter(sess, "last", requests), None
+            announce = SsReady(agg, rnd, _ids(ready))
+            return self._enter(sess, "last", dict.fromkeys(ready, announce)), None
         missing = [h for h in sess.waiting if h not in inbox]
         if missing:
             raise AbortError(f"shares missing from peers {missing[:8]}: the sum is lost")
