@@ -178,6 +178,7 @@ class LinkGuard:
         self._sealers: dict[tuple[int, int, int], Sealer] = {}  # (src, dst, epoch)
         self._openers: dict[tuple[int, int, int], Opener] = {}
         self._current = dict.fromkeys(self.identities, 0)  # each local peer's latest epoch
+        self._horizon = 0  # the latest epoch any local peer reached
 
     @property
     def local(self) -> frozenset[int]:
@@ -266,16 +267,26 @@ class LinkGuard:
         if epoch <= self._current[peer]:
             return self._current[peer]
         self._current[peer] = epoch
-        keep = epoch - 1
-        for k in [k for k in self._sealers if k[0] == peer and k[2] < keep]:
-            del self._sealers[k]
-        for k in [k for k in self._openers if k[1] == peer and k[2] < keep]:
-            del self._openers[k]
-        private = self.identities[peer]._link  # the X25519 private keys by epoch
-        for e in [e for e in private if e < keep]:
-            del private[e]
-        self.directory.forget_before(max(self._current.values()) - 1)
+        if epoch > self._horizon:
+            self._horizon = epoch
+            self._forget_before(epoch - 1)
         return epoch
+
+    def _forget_before(self, keep: int) -> None:
+        """Forget every key of an epoch before ``keep``, for all local peers at once (once
+        per epoch, not once per peer: a sweep per peer made rotation quadratic in peers).
+        Safe for sealers too: this engine's time only moves forward, so no local peer will
+        seal in an epoch before the latest one reached, and a sealer is never rebuilt (its
+        counter would restart and repeat nonces)."""
+        for k in [k for k in self._sealers if k[2] < keep]:
+            del self._sealers[k]
+        for k in [k for k in self._openers if k[2] < keep]:
+            del self._openers[k]
+        for identity in self.identities.values():
+            private = identity._link  # the X25519 private keys by epoch
+            for e in [e for e in private if e < keep]:
+                del private[e]
+        self.directory.forget_before(keep)
 
 
 def link_guard(
