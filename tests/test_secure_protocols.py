@@ -1088,3 +1088,14 @@ def test_sealed_links_and_secure_sums_compose(tmp_path: Path) -> None:
     assert sealed.summary["messages"]["sent"] == plain.summary["messages"]["sent"]
     assert sealed.mean_accuracy == pytest.approx(plain.mean_accuracy, abs=1e-9)
     _clean(sealed.summary, 3, 16)
+
+
+def test_a_weight_above_max_weight_is_capped_and_says_so() -> None:
+    d = fedavg_star("secagg", 1, lambda src, dst, msg: False)
+    d.samples[3] = 250  # max_weight is 100
+    d.settle()
+    assert d.emits("secure_weight_capped", 3) == [
+        {"round": 0, "samples": 250, "max_weight": MAX_WEIGHT}
+    ]
+    assert not d.emits("secure_weight_capped", 2)
+    assert d.emits("round_aggregated", COORD) == [{"round": 0, "clients": 8}]

@@ -348,7 +348,8 @@ class SecureSum:
                 ring = self.fixed.encode(x, st.rng if self.settings.stochastic else None)
             except FixedPointError as exc:
                 st.refused += 1
-                return [*effects, Emit("secure_input_refused", {"agg": agg, "reason": str(exc)})]
+                fields = {"agg": agg, "round": rnd, "reason": str(exc)}
+                return [*effects, Emit("secure_input_refused", fields)]
             if encoded is not None:
                 encoded[key] = ring
         st.joined[agg] = rnd
@@ -967,7 +968,12 @@ class SecureFedAvg(Protocol[SecureFedAvgState]):
             x[:-1] = w * event.params
             x[-1] = w
             self.secure.forget_before(state.sec, rnd - 1)
-            effects = self.secure.contribute(
+            effects = []
+            if event.samples > self.max_weight:
+                # weights above max_weight are cut to it: the average is no longer by samples
+                fields = {"round": rnd, "samples": event.samples, "max_weight": self.max_weight}
+                effects.append(Emit("secure_weight_capped", fields))
+            effects += self.secure.contribute(
                 state.sec, self.coordinator, rnd, list(self._clients()), x
             )
             state.round += 1
