@@ -87,7 +87,6 @@ from p2pfed.protocol.core import (
     Event,
     Message,
     MessageArrived,
-    PeerDown,
     Protocol,
     Send,
     SetTimer,
@@ -473,6 +472,14 @@ class SecureSum:
         more, result = self._maybe_advance(st, sess, force=False)
         return effects + more, result
 
+    def on_event(self, st: SecureState, event: Event) -> tuple[list[Effect], SumResult | None]:
+        """Route a session message or a phase deadline; anything else is not for us."""
+        if isinstance(event, MessageArrived) and _secure_event(event.message):
+            return self.on_message(st, event.sender, event.message)
+        if isinstance(event, TimerFired) and event.tag.startswith("secure:"):
+            return self.on_timer(st, event.tag, event.round)
+        return [], None
+
     def on_message(
         self, st: SecureState, sender: int, msg: Message
     ) -> tuple[list[Effect], SumResult | None]:
@@ -723,14 +730,7 @@ class SecureDPSGD(Protocol[SecureDPSGDState]):
             return state, [self._train(state)]
         if isinstance(event, TrainingDone) and state.phase == "training":
             return self._on_trained(state, event)
-        result: SumResult | None = None
-        effects: list[Effect] = []
-        if isinstance(event, MessageArrived) and _secure_event(event.message):
-            effects, result = sec.on_message(state.sec, event.sender, event.message)
-        elif isinstance(event, TimerFired) and event.tag.startswith("secure:"):
-            effects, result = sec.on_timer(state.sec, event.tag, event.round)
-        elif isinstance(event, PeerDown):
-            return state, []
+        effects, result = sec.on_event(state.sec, event)
         if result is not None and state.phase == "mixing" and result.round == state.round:
             state, more = self._mix(state, result)
             effects += more
@@ -883,12 +883,7 @@ class SecureFedAvg(Protocol[SecureFedAvgState]):
         sec = self.secure
         if isinstance(event, Started):
             return state, self._open_round(state)
-        result: SumResult | None = None
-        effects: list[Effect] = []
-        if isinstance(event, MessageArrived) and _secure_event(event.message):
-            effects, result = sec.on_message(state.sec, event.sender, event.message)
-        elif isinstance(event, TimerFired) and event.tag.startswith("secure:"):
-            effects, result = sec.on_timer(state.sec, event.tag, event.round)
+        effects, result = sec.on_event(state.sec, event)
         if result is not None and not state.done and result.round == state.round:
             effects += self._aggregate(state, result)
         return state, effects
