@@ -111,6 +111,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         f"messages      : {msgs.get('sent', 0)} sent, {msgs.get('lost', 0)} lost, "
         f"{b['total'] / 1e6:.2f} MB ({b['payload'] / 1e6:.2f} MB payload)"
     )
+    if s.get("frames_rejected"):
+        reasons = ", ".join(f"{n} {r}" for r, n in s.get("frames_rejected_by_reason", {}).items())
+        print(f"rejected      : {s['frames_rejected']} frames ({reasons})")
     for warning in s.get("warnings", []):
         print(f"warning       : {warning}")
     return EXIT_OK if s["status"] == "completed" else EXIT_FAILED

@@ -739,16 +739,26 @@ def _summary(
         "frames_rejected_by_reason": dict(sorted(recorder.rejected_by_reason.items())),
         "protocol_events": counters,
         "diverged_peers": [p.id for p in peers if p.diverged],
-        "warnings": _warnings(cfg, reports, counters),
+        "warnings": _warnings(cfg, reports, counters, recorder.rejected_by_reason),
         **runtime.describe(),
     }
 
 
 def _warnings(
-    cfg: ExperimentConfig, reports: Sequence[PeerReport], counters: dict[str, int]
+    cfg: ExperimentConfig,
+    reports: Sequence[PeerReport],
+    counters: dict[str, int],
+    rejected: Mapping[str, int] | None = None,
 ) -> list[str]:
     """Things a reader of the summary should not miss."""
     out = []
+    expired = (rejected or {}).get("epoch expired", 0)
+    if expired:
+        out.append(
+            f"{expired} sealed frames arrived after their key epoch had passed: "
+            f"security.rotate_every ({cfg.security.rotate_every}s) should be well above "
+            "the link latency"
+        )
     rounds = sum(p.rounds for p in reports) or 1
     for name in ("neighbours_skipped", "gossip_timed_out"):
         share = counters.get(name, 0) / rounds
@@ -757,6 +767,23 @@ def _warnings(
                 f"{name} in {100 * share:.0f}% of rounds: protocol.timeout "
                 f"({cfg.protocol.timeout}s) may be too short for this network"
             )
+    aborted = counters.get("secure_round_aborted", 0) / rounds
+    if aborted > 0.05:
+        out.append(
+            f"secure sums aborted in {100 * aborted:.0f}% of rounds (see the "
+            "secure_round_aborted events): too many dropouts for the threshold, or "
+            f"security.phase_timeout ({cfg.security.phase_timeout}s) too short"
+        )
+    if counters.get("secure_input_clipped", 0):
+        out.append(
+            f"{counters['secure_input_clipped']} secure-sum inputs had values beyond "
+            f"±{cfg.security.clipping_range:g}, clipped: raise security.clipping_range"
+        )
+    if counters.get("secure_weight_capped", 0):
+        out.append(
+            f"{counters['secure_weight_capped']} sample weights exceeded "
+            f"security.max_weight ({cfg.security.max_weight:g}) and were capped"
+        )
     diverged = [p.id for p in reports if p.diverged]
     if diverged:
         out.append(f"training diverged (non-finite loss) at peers {diverged[:10]}: lower lr")

@@ -408,6 +408,8 @@ def test_keys_rotating_every_round_change_nothing_but_the_bytes(tmp_path: Path) 
     short = run(small_config(security={**AEAD, "rotate_every": 0.004}), out=tmp_path / "short")
     assert short.summary["status"] == "completed"
     assert short.summary["frames_rejected_by_reason"].get("epoch expired", 0) > 0
+    assert any("rotate_every (0.004s) should be well above" in w for w in short.summary["warnings"])
+    assert not any("rotate_every" in w for w in rotating.summary["warnings"])
 
 
 def test_no_key_nonce_pair_repeats_in_a_run_with_rotation_and_replays(

@@ -1099,3 +1099,13 @@ def test_a_weight_above_max_weight_is_capped_and_says_so() -> None:
     ]
     assert not d.emits("secure_weight_capped", 2)
     assert d.emits("round_aggregated", COORD) == [{"round": 0, "clients": 8}]
+
+
+def test_the_summary_warns_when_secure_inputs_were_clipped(tmp_path: Path) -> None:
+    cfg = small_config(topology=TORUS, protocol={"kind": "dpsgd", "rounds": 2})
+    cfg["security"] = {"aggregation": "secret-share", "clipping_range": 0.01}
+    s = run(cfg, out=tmp_path / "clip").summary
+    assert s["protocol_events"]["secure_input_clipped"] > 0
+    assert any("clipped: raise security.clipping_range" in w for w in s["warnings"]), s["warnings"]
+    cfg["security"]["clipping_range"] = 8.0
+    assert not run(cfg, out=tmp_path / "fine").summary["warnings"]
