@@ -347,36 +347,26 @@ def _secure_protocol(world: World, peer: int, seed: int) -> Protocol[Any]:
     assert world.pair_publics is not None and pcfg.timeout is not None
     assert sec.phase_timeout is not None
     pair = pair_keys(peer, pair_seed(_key_seed(cfg.seed), peer), world.pair_publics)
+    scope, dim = (
+        ("star", world.num_params + 1) if pcfg.kind == "fedavg" else ("nbhd", world.num_params)
+    )
+    settings = secure_settings(sec, pcfg.timeout, sec.phase_timeout, scope)
+    common: dict[str, Any] = {
+        "rounds": pcfg.rounds,
+        "seed": seed,
+        "secure": SecureSum(peer, settings, pair, dim),
+        "epochs": tcfg.local_epochs,
+        "steps": tcfg.local_steps,
+    }
     if pcfg.kind == "fedavg":
-        secure = SecureSum(
-            peer,
-            secure_settings(sec, pcfg.timeout, sec.phase_timeout, "star"),
-            pair,
-            world.num_params + 1,
-        )
         return SecureFedAvg(
             peer,
             world.num_peers,
-            rounds=pcfg.rounds,
-            seed=seed,
-            secure=secure,
             max_weight=sec.max_weight,
             server_lr=pcfg.server_lr,
-            epochs=tcfg.local_epochs,
-            steps=tcfg.local_steps,
+            **common,
         )
-    secure = SecureSum(
-        peer, secure_settings(sec, pcfg.timeout, sec.phase_timeout, "nbhd"), pair, world.num_params
-    )
-    return SecureDPSGD(
-        peer,
-        world.schedule,
-        rounds=pcfg.rounds,
-        seed=seed,
-        secure=secure,
-        epochs=tcfg.local_epochs,
-        steps=tcfg.local_steps,
-    )
+    return SecureDPSGD(peer, world.schedule, **common)
 
 
 def build_evaluator(world: World, device: str) -> Evaluator:
