@@ -254,7 +254,7 @@ class ExperimentConfig(BaseModel):
         n = self.topology.n
         rt = self.runtime
         if rt.hosts is not None:
-            own = self.protocol.has_coordinator and rt.coordinator_host == "own"
+            own = self.has_coordinator and rt.coordinator_host == "own"
             total = rt.hosts + own
             for host in rt.fail_hosts:
                 if host >= total:
@@ -274,6 +274,27 @@ class ExperimentConfig(BaseModel):
                 f"sums all clients), not {self.protocol.kind}: asynchronous pairwise "
                 "exchanges sum two models, and a sum of two reveals the other to either party"
             )
+        if sec.homomorphic:
+            if self.protocol.kind not in ("fedavg", "dpsgd"):
+                raise ValueError(
+                    "security.aggregation he runs with protocol.kind fedavg (he-fedavg: the "
+                    "coordinator sums ciphertexts) or dpsgd (he-gossip: a relay sums each "
+                    f"peer's neighbourhood), not {self.protocol.kind}"
+                )
+            if self.protocol.kind == "dpsgd" and sec.he.key_mode != "group":
+                raise ValueError(
+                    "he-gossip (dpsgd with aggregation he) runs with security.he.key_mode "
+                    "group: a threshold key would need partial decryptions of every peer's "
+                    "neighbourhood sum each round"
+                )
+            if self.protocol.server_lr != 1:
+                raise ValueError(
+                    "security.aggregation he needs protocol.server_lr 1: clients encrypt "
+                    "their distance from the initial model, and the aggregate is the model"
+                )
+            t = sec.he.threshold
+            if t is not None and t > n:
+                raise ValueError(f"security.he.threshold {t} exceeds the {n} clients")
         for peer in self.time.slowdown:
             if peer >= n:
                 raise ValueError(f"time.slowdown names peer {peer}, but the topology has {n}")
@@ -282,6 +303,14 @@ class ExperimentConfig(BaseModel):
     @property
     def num_peers(self) -> int:
         return self.topology.n
+
+    @property
+    def has_coordinator(self) -> bool:
+        """Whether participant ``num_peers`` exists: the coordinator of a fed protocol, or
+        he-gossip's relay."""
+        return self.protocol.has_coordinator or (
+            self.security.homomorphic and self.protocol.kind == "dpsgd"
+        )
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -26,7 +26,7 @@ import math
 import time
 import typing
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,17 @@ from p2pfed.models import build_model, get_flat
 from p2pfed.progress import ProgressReporter
 from p2pfed.protocol import FED_PROTOCOLS, PROTOCOLS, Codec, build_fed_protocol, build_protocol
 from p2pfed.protocol.core import Message, Protocol
+from p2pfed.protocol.he import (
+    HE_GOSSIP_MESSAGES,
+    HE_MESSAGES,
+    MIN_SUMMANDS,
+    WEIGHT_SCALE,
+    HeFedAvg,
+    HeGossip,
+    HeKeys,
+    ckks_keys,
+    paillier_keys,
+)
 from p2pfed.protocol.secure import (
     SecureDPSGD,
     SecureFedAvg,
@@ -63,7 +74,18 @@ from p2pfed.topology import TopologySchedule, build_schedule
 from p2pfed.training import Evaluator, LocalTrainer, samples_per_round
 
 # Append new concerns at the end: SeedSequence children keep their streams when more follow.
-_STREAMS = ("topology", "data", "partition", "model", "network", "cost", "peers", "eval", "keys")
+_STREAMS = (
+    "topology",
+    "data",
+    "partition",
+    "model",
+    "network",
+    "cost",
+    "peers",
+    "eval",
+    "keys",
+    "he",
+)
 # msgpack envelope and field names around a model vector, for timeout estimates only
 _FRAME_OVERHEAD = 128
 # more evaluation ticks than this is a mistake, not a measurement
@@ -107,6 +129,8 @@ class World:
     codec: Codec
     #: every participant's long-term public pair key (secure aggregation only)
     pair_publics: dict[int, bytes] | None = None
+    #: the keys the HE setup dealt (aggregation he only): each peer takes its own part
+    he_keys: HeKeys | None = field(default=None, repr=False)
 
     @property
     def num_peers(self) -> int:
@@ -115,7 +139,7 @@ class World:
     @property
     def participants(self) -> int:
         """Peers plus the coordinator, when the protocol has one (its id is ``num_peers``)."""
-        return self.num_peers + self.config.protocol.has_coordinator
+        return self.num_peers + self.config.has_coordinator
 
     @property
     def total_rounds(self) -> int:
@@ -229,7 +253,7 @@ def build_world(config: ExperimentConfig) -> World:
     params0 = get_flat(template)
     cost = CostModel(config.time, n, streams["cost"])
     # the coordinator (id n) sends too; it never trains, so the cost model has only peers
-    participants = n + config.protocol.has_coordinator
+    participants = n + config.has_coordinator
     network = NetworkModel(config.network, participants, streams["network"])
     tcfg = config.training
     if any(len(s) == 0 for s in shards):
@@ -245,10 +269,90 @@ def build_world(config: ExperimentConfig) -> World:
         with _section("security"):
             _check_security(config, schedule)
         pair_publics = pair_key_directory(_key_seed(config.seed), range(participants))[1]
+    he_keys = None
+    if config.security.homomorphic:
+        config = _resolve_he(config, params0.size)
+        if config.protocol.kind == "fedavg":
+            max_weight = sum(samples)  # FedAvg weights by samples
+        else:
+            with _section("security.aggregation"):
+                _check_he_gossip(schedule, config.protocol.rounds)
+            max_weight = WEIGHT_SCALE + n  # integer mixing weights (rounding adds < 1 each)
+        with _section("security.he"):
+            he_keys = _he_keys(config, max_weight, streams["he"])
     codec = Codec(_messages(config), vector_size=params0.size)
     return World(
-        config, schedule, dataset, shards, template, params0, network, cost, codec, pair_publics
+        config,
+        schedule,
+        dataset,
+        shards,
+        template,
+        params0,
+        network,
+        cost,
+        codec,
+        pair_publics,
+        he_keys,
     )
+
+
+def _check_he_gossip(schedule: TopologySchedule, rounds: int) -> None:
+    """he-gossip hands a peer the sum of its in-neighbours: one neighbour alone would be
+    that neighbour's model, so every peer needs at least two."""
+    steps = 1 if schedule.is_static else min(rounds, schedule.period or rounds)
+    for r in range(steps):
+        topo = schedule.at(r)
+        for i in range(topo.n):
+            k = len(topo.in_neighbours(i))
+            if k < MIN_SUMMANDS:
+                raise ProtocolError(
+                    f"he-gossip needs at least {MIN_SUMMANDS} in-neighbours per peer (a sum of "
+                    f"one is that neighbour's model): peer {i} has {k} in round {r}"
+                )
+
+
+def _resolve_he(config: ExperimentConfig, num_params: int) -> ExperimentConfig:
+    """``scheme: auto`` picks packed Paillier up to ``auto_paillier_max`` parameters, CKKS
+    above (Paillier's cost grows ~100x faster per value); the resolved config says which."""
+    sec = config.security
+    he = sec.he
+    if he.scheme != "auto":
+        return config
+    scheme = (
+        "paillier" if num_params <= he.auto_paillier_max or he.key_mode == "threshold" else "ckks"
+    )
+    he = he.model_copy(update={"scheme": scheme})
+    return config.model_copy(update={"security": sec.model_copy(update={"he": he})})
+
+
+def _he_keys(config: ExperimentConfig, total_weight: int, seed: np.random.SeedSequence) -> HeKeys:
+    """The HE setup: keys dealt from the run seed (simulation caveat as for secagg).
+    ``total_weight`` (the largest total integer weight of an aggregate) sizes the packing's
+    padding."""
+    he = config.security.he
+    if he.scheme == "ckks":
+        return ckks_keys(
+            clip=he.clip, poly_modulus_degree=he.poly_modulus_degree, scale_bits=he.scale_bits
+        )
+    return paillier_keys(
+        np.random.default_rng(seed),
+        num_clients=config.num_peers,
+        key_bits=he.key_bits,
+        clip=he.clip,
+        value_bits=he.value_bits,
+        max_weight=total_weight,
+        key_mode=he.key_mode,
+        threshold=he.threshold,
+    )
+
+
+def _he_bytes_per_value(config: ExperimentConfig) -> float:
+    """Wire bytes per model value under HE (for timeout estimates)."""
+    he = config.security.he
+    if he.scheme == "ckks":
+        return 85.0  # measured: ~83 bytes a value fresh, ~59 once weighted
+    slot_bits = 8 * math.ceil((he.value_bits + 16) / 8)  # padding for up to 2^16 samples
+    return (2 * he.key_bits / 8) / ((he.key_bits - 1) // slot_bits)
 
 
 def _key_seed(seed: int) -> bytes:
@@ -259,6 +363,8 @@ def _key_seed(seed: int) -> bytes:
 
 def _messages(config: ExperimentConfig) -> tuple[type[Message], ...]:
     kind = config.protocol.kind
+    if config.security.homomorphic:
+        return HE_MESSAGES if kind == "fedavg" else HE_GOSSIP_MESSAGES
     if config.security.secure_aggregation:
         return SecureFedAvg.messages if kind == "fedavg" else SecureDPSGD.messages
     return PROTOCOLS[kind].messages
@@ -325,6 +431,8 @@ def _protocol(world: World, peer: int, seed: int) -> Protocol[Any]:
     }
     if world.config.security.secure_aggregation:
         return _secure_protocol(world, peer, seed)
+    if world.config.security.homomorphic:
+        return _he_protocol(world, peer, seed)
     if pcfg.kind in FED_PROTOCOLS:
         return build_fed_protocol(
             pcfg.kind,  # type: ignore[arg-type]
@@ -369,6 +477,39 @@ def _secure_protocol(world: World, peer: int, seed: int) -> Protocol[Any]:
     return SecureDPSGD(peer, world.schedule, **common)
 
 
+def _he_protocol(world: World, peer: int, seed: int) -> Protocol[Any]:
+    cfg = world.config
+    pcfg, tcfg = cfg.protocol, cfg.training
+    assert world.he_keys is not None and pcfg.timeout is not None
+    backend = world.he_keys.backend(
+        peer, world.num_peers, stochastic=cfg.security.stochastic_rounding
+    )
+    if pcfg.kind == "dpsgd":
+        return HeGossip(
+            peer,
+            world.schedule,
+            rounds=pcfg.rounds,
+            seed=seed,
+            backend=backend,
+            params0=world.params0,
+            timeout=pcfg.timeout,
+            epochs=tcfg.local_epochs,
+            steps=tcfg.local_steps,
+        )
+    return HeFedAvg(
+        peer,
+        world.num_peers,
+        rounds=pcfg.rounds,
+        seed=seed,
+        backend=backend,
+        params0=world.params0,
+        timeout=pcfg.timeout,
+        min_fraction=pcfg.min_fraction,
+        epochs=tcfg.local_epochs,
+        steps=tcfg.local_steps,
+    )
+
+
 def build_evaluator(world: World, device: str) -> Evaluator:
     """The evaluator on the (capped, seeded) test set."""
     dataset = world.dataset
@@ -404,14 +545,16 @@ def _resolve_automatic(
     per_round = [cost.expected_train_time(i, s) for i, s in enumerate(samples)]
     sec = config.security
     # a secure session's vectors are ring elements: 8 bytes a value in Z_2^64
-    width = 8 if sec.secure_aggregation and sec.ring_bits == 64 else 4
-    frame = width * num_params + _FRAME_OVERHEAD
+    width = 8.0 if sec.secure_aggregation and sec.ring_bits == 64 else 4.0
+    if sec.homomorphic:
+        width = _he_bytes_per_value(config)
+    frame = math.ceil(width * num_params) + _FRAME_OVERHEAD
     delay = network.expected_delay(frame)
     # A peer's frames leave one after another on its uplink: the last of d frames (or of d
     # gossip replies at a hub) waits for the d - 1 before it.
     pcfg = config.protocol
     # ... and a coordinator sends to every client in turn
-    fanout = config.num_peers if pcfg.has_coordinator else schedule.at(0).degree_stats()[2]
+    fanout = config.num_peers if config.has_coordinator else schedule.at(0).degree_stats()[2]
     queue = max(fanout - 1, 0) * network.serialise_time(frame)
     slowest = max(per_round)
     if pcfg.timeout is None and pcfg.kind != "pushsum":
@@ -424,9 +567,11 @@ def _resolve_automatic(
         # a later phase of a secure session is one round trip with every client
         sec = sec.model_copy(update={"phase_timeout": _round_up(10 * delay + 2 * queue)})
     ecfg = config.eval
-    trips = 2 if pcfg.kind == "gossip" or pcfg.has_coordinator else 1
+    trips = 2 if pcfg.kind == "gossip" or config.has_coordinator else 1
     # one-way trips of a secure session: offer, seeds, shares; or 7 for secagg's four phases
-    trips += {"plain": 0, "secret-share": 2, "secagg": 6}[sec.aggregation]
+    trips += {"plain": 0, "secret-share": 2, "secagg": 6, "he": 0}[sec.aggregation]
+    if sec.homomorphic and sec.he.key_mode == "threshold":
+        trips += 2  # partial decryptions to the coordinator and back
     round_time = slowest + queue + trips * delay
     if ecfg.interval is None:
         ecfg = ecfg.model_copy(update={"interval": _round_up(round_time)})
@@ -774,6 +919,30 @@ def _warnings(
             f"{counters['secure_weight_capped']} sample weights exceeded "
             f"security.max_weight ({cfg.security.max_weight:g}) and were capped"
         )
+    if counters.get("he_input_clipped", 0):
+        out.append(
+            f"{counters['he_input_clipped']} encrypted updates had values more than "
+            f"±{cfg.security.he.clip:g} from the initial model, clipped: raise security.he.clip"
+        )
+    for name, what in (
+        (
+            "he_update_refused",
+            "encrypted updates were refused (malformed, or unable to join the sum)",
+        ),
+        ("he_partial_refused", "partial decryptions were refused (wrong size or range)"),
+        (
+            "he_partials_inconsistent",
+            "times the partial decryptions in hand did not combine (a corrupt partial)",
+        ),
+        ("he_sum_refused", "neighbourhood sums were refused or could not be decrypted"),
+        (
+            "he_round_stalled",
+            "HE rounds stalled after every re-send: messages kept getting "
+            "lost, or clients fell silent",
+        ),
+    ):
+        if counters.get(name, 0):
+            out.append(f"{counters[name]} {what} (see the {name} events)")
     diverged = [p.id for p in reports if p.diverged]
     if diverged:
         out.append(f"training diverged (non-finite loss) at peers {diverged[:10]}: lower lr")

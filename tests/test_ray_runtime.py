@@ -378,3 +378,45 @@ def test_gpu_hosts_on_a_cluster_without_gpus_is_one_clear_error(
     cfg = small_config(runtime={"kind": "ray", "device": "cuda", "gpus_per_host": 0.5})
     with pytest.raises(RuntimeFailure, match=r"need 0.5 GPUs but the Ray cluster has 0"):
         run(cfg, out=tmp_path / "gpu")
+
+
+@pytest.mark.parametrize("key_mode", ["group", "threshold"])
+def test_he_fedavg_on_ray_in_virtual_and_wall_time(
+    ray_local: Any, tmp_path: Path, key_mode: str
+) -> None:
+    """Packed Paillier keys and encryption randomness come from the run seed: in virtual time
+    Ray reproduces the in-process run exactly; in wall time every round still completes."""
+    rounds, clients = 2, 4
+    cfg = small_config(
+        topology={"kind": "ring", "n": clients},
+        protocol={"kind": "fedavg", "rounds": rounds},
+    )
+    cfg["security"] = {
+        "aggregation": "he",
+        "he": {"scheme": "paillier", "key_bits": 1024, "key_mode": key_mode},
+    }
+    # the opening, then per round updates in and aggregates out (and partial decryptions in
+    # and out, in threshold mode)
+    frames = clients + rounds * clients * (2 if key_mode == "group" else 4)
+    local = run(cfg, out=tmp_path / "local")
+    hosts = {"kind": "ray", "hosts": 2, "cpus_per_host": 1}
+    on_ray = run({**cfg, "runtime": hosts}, out=tmp_path / "ray")
+    wall = run(
+        {**cfg, "runtime": hosts, "time": {"mode": "wall"}, "eval": {"interval": 0.5}},
+        out=tmp_path / "wall",
+    )
+    for res in (local, on_ray, wall):
+        s = res.summary
+        assert s["status"] == "completed", s
+        assert s["rounds_completed"] == [rounds] * clients
+        assert s["protocol_events"] == {"round_aggregated": rounds}
+        assert s["messages"]["sent"] == s["messages"]["delivered"] == frames
+    assert on_ray.summary["runtime"] == wall.summary["runtime"] == "ray"
+    assert [h["peers"] for h in on_ray.summary["hosts"]] == ["0-1", "2-3", "4"]  # + coordinator
+    assert _files(local.run_dir) == _files(on_ray.run_dir)
+    for key in ("events", "virtual_time", "bytes", "final"):
+        assert local.summary[key] == on_ray.summary[key], key
+    assert on_ray.mean_accuracy == local.mean_accuracy
+    # wall time changes when things happen, not what is computed
+    assert wall.summary["time_mode"] == "wall"
+    assert wall.mean_accuracy == local.mean_accuracy

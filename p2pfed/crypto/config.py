@@ -21,6 +21,62 @@ from p2pfed.fields import Real
 MIN_GROUP = 3
 
 
+class HeConfig(BaseModel):
+    """Homomorphic encryption (``aggregation: he``): which scheme, who holds the key, and
+    how values are quantised. Clients encrypt their model's distance from the initial model
+    (see :mod:`p2pfed.protocol.he`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    scheme: Literal["paillier", "ckks", "auto"] = Field(
+        "auto",
+        description="paillier: packed Paillier, exact integer sums; ckks: TenSEAL CKKS, "
+        "approximate, thousands of values per ciphertext (group key only); auto: paillier "
+        "up to auto_paillier_max parameters, ckks above (the resolved config says which)",
+    )
+    auto_paillier_max: StrictInt = Field(
+        50_000, ge=1, description="auto: the largest model (parameters) given to paillier"
+    )
+    key_mode: Literal["group", "threshold"] = Field(
+        "group",
+        description="group: every client holds the secret key, the coordinator only the "
+        "public key; threshold: the key is split among the clients and any `threshold` of "
+        "them decrypt together (paillier only)",
+    )
+    threshold: StrictInt | None = Field(
+        None, ge=2, description="threshold: key shares needed to decrypt; null: all clients"
+    )
+    key_bits: StrictInt = Field(2048, ge=1024, description="paillier modulus size")
+    value_bits: StrictInt = Field(
+        16, ge=2, le=30, description="paillier: signed bits per quantised value"
+    )
+    clip: Real = Field(
+        2.0,
+        gt=0,
+        description="paillier: each coordinate of a model's distance from the initial model "
+        "is clipped to [-clip, clip] (step clip / (2^(value_bits-1) - 1))",
+    )
+    poly_modulus_degree: StrictInt = Field(8192, description="ckks: ring degree (slots x 2)")
+    scale_bits: StrictInt = Field(40, ge=20, le=60, description="ckks: log2 of the scale")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> HeConfig:
+        if self.key_bits % 2:
+            raise ValueError(f"key_bits must be even, got {self.key_bits}")
+        if self.key_mode == "group" and self.threshold is not None:
+            raise ValueError("threshold is used by key_mode: threshold only")
+        if self.scheme == "ckks" and self.key_mode == "threshold":
+            raise ValueError(
+                "ckks runs with key_mode: group only (TenSEAL has no threshold decryption)"
+            )
+        if self.poly_modulus_degree not in (8192, 16384, 32768):
+            # the coefficient chain (60, 40, 40, 60) needs at least 8192 for 128-bit security
+            raise ValueError(
+                f"poly_modulus_degree must be 8192, 16384 or 32768, got {self.poly_modulus_degree}"
+            )
+        return self
+
+
 class SecurityConfig(BaseModel):
     """Link sealing and secure aggregation."""
 
@@ -37,12 +93,14 @@ class SecurityConfig(BaseModel):
         description="aead: seconds (virtual, or wall) per link-key epoch; keys of older "
         "epochs are forgotten one epoch later; null: one epoch for the whole run",
     )
-    aggregation: Literal["plain", "secret-share", "secagg"] = Field(
+    aggregation: Literal["plain", "secret-share", "secagg", "he"] = Field(
         "plain",
         description="secret-share: additive shares across each neighbourhood (dpsgd) or all "
         "clients (fedavg); secagg: Bonawitz et al. masking with SecAgg+ sparse graphs and "
-        "Shamir dropout recovery, per neighbourhood (dpsgd) or through the coordinator (fedavg)",
+        "Shamir dropout recovery, per neighbourhood (dpsgd) or through the coordinator "
+        "(fedavg); he: homomorphic encryption, the coordinator sums ciphertexts (he-fedavg)",
     )
+    he: HeConfig = HeConfig()
     clipping_range: Real = Field(
         8.0, gt=0, description="values are clipped to [-clipping_range, clipping_range]"
     )
@@ -89,8 +147,10 @@ class SecurityConfig(BaseModel):
         if self.modulus_range not in (2**32, 2**64):
             raise ValueError(f"modulus_range must be 2**32 or 2**64, got {self.modulus_range}")
         secagg_only = ("num_shares", "reconstruction_threshold")
-        if self.aggregation == "plain" and self.phase_timeout is not None:
-            raise ValueError("phase_timeout is used by secure aggregation only")
+        if self.aggregation in ("plain", "he") and self.phase_timeout is not None:
+            raise ValueError("phase_timeout is used by secret-share and secagg only")
+        if self.aggregation != "he" and self.he != HeConfig():
+            raise ValueError("the he section is used by aggregation: he only")
         if self.aggregation != "secagg":
             for key in secagg_only:
                 if getattr(self, key) is not None:
@@ -110,4 +170,9 @@ class SecurityConfig(BaseModel):
 
     @property
     def secure_aggregation(self) -> bool:
-        return self.aggregation != "plain"
+        """Masked or shared sums (secret-share, secagg); HE is :attr:`homomorphic`."""
+        return self.aggregation in ("secret-share", "secagg")
+
+    @property
+    def homomorphic(self) -> bool:
+        return self.aggregation == "he"
