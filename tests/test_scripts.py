@@ -121,3 +121,31 @@ def test_bench_secure_prints_crypto_costs_bytes_and_round_times(tmp_path: Path) 
         _, _, _, virtual_x, bytes_x, acc = rows[mode]
         assert virtual_x > 1.0 and bytes_x > 1.0  # extra round trips and keys cost something
         assert acc == pytest.approx(rows["plain"][5], abs=0.005)  # the same training
+
+
+def test_bench_he_prints_throughput_sizes_and_round_times(tmp_path: Path) -> None:
+    out = _run(
+        "bench_he.py",
+        *("--dims", "2000", "--key-bits", "1024", "--sample", "20"),
+        *("--hidden", "8", "--rounds", "1", "--out", str(tmp_path)),
+    )
+    ratio = re.search(r"encrypt (\d+)x faster \(target >= 20\), (\d+)x smaller", out)
+    assert ratio, out
+    # 1024-bit keys: 42 values of 24 bits per plaintext, so both ratios are about 40
+    assert int(ratio.group(1)) >= 15 and int(ratio.group(2)) >= 35
+    for scheme in ("packed paillier", "unpacked paillier", "ckks"):
+        assert re.search(rf"^\s+2000\s+{scheme}\s+[\d,]+", out, re.M), (scheme, out)
+    rows = {
+        m.group(1): [float(v.replace(",", "")) for v in m.groups()[1:]]
+        for m in re.finditer(
+            r"^\s+(plain|paillier-group|paillier-threshold|ckks)\s+(\S+)\s+(\S+)\s+(\S+)\s+"
+            r"(\S+)\s+(\S+)\s+(\S+)\s+(\S+)$",
+            out,
+            re.M,
+        )
+    }
+    assert set(rows) == {"plain", "paillier-group", "paillier-threshold", "ckks"}, out
+    for mode in ("paillier-group", "paillier-threshold", "ckks"):
+        s_round, wall_x, _, _, _, bytes_x, acc = rows[mode]
+        assert s_round > 0 and wall_x > 1.0 and bytes_x > 1.0  # encryption costs something
+        assert acc == pytest.approx(rows["plain"][6], abs=0.005)  # the same training
