@@ -49,9 +49,11 @@ from p2pfed.progress import ProgressReporter
 from p2pfed.protocol import FED_PROTOCOLS, PROTOCOLS, Codec, build_fed_protocol, build_protocol
 from p2pfed.protocol.core import Message, Protocol
 from p2pfed.protocol.he import (
+    CKKS_COSTS,
     HE_GOSSIP_MESSAGES,
     HE_MESSAGES,
     MIN_SUMMANDS,
+    PAILLIER_COSTS,
     WEIGHT_SCALE,
     HeFedAvg,
     HeGossip,
@@ -263,6 +265,8 @@ def build_world(config: ExperimentConfig) -> World:
             key="partition",
         )
     samples = [samples_per_round(len(s), tcfg) for s in shards]
+    if config.security.homomorphic:
+        config = _resolve_he(config, params0.size)  # the scheme sizes frames and timeouts
     config = _resolve_automatic(config, schedule, samples, cost, network, params0.size)
     pair_publics = None
     if config.security.secure_aggregation:
@@ -271,7 +275,6 @@ def build_world(config: ExperimentConfig) -> World:
         pair_publics = pair_key_directory(_key_seed(config.seed), range(participants))[1]
     he_keys = None
     if config.security.homomorphic:
-        config = _resolve_he(config, params0.size)
         if config.protocol.kind == "fedavg":
             max_weight = sum(samples)  # FedAvg weights by samples
         else:
@@ -344,6 +347,25 @@ def _he_keys(config: ExperimentConfig, total_weight: int, seed: np.random.SeedSe
         key_mode=he.key_mode,
         threshold=he.threshold,
     )
+
+
+def _he_compute_estimate(config: ExperimentConfig, num_params: int) -> float:
+    """Reference seconds of one round's HE work on the critical path (a client's encrypt and
+    decrypt, or partial and combine, plus the aggregation of every update), for timeout
+    estimates; the protocols charge the exact figures."""
+    he, n = config.security.he, config.num_peers
+    if he.scheme == "ckks":
+        c = CKKS_COSTS
+        return num_params * (c["encrypt"] + c["decrypt"] + n * c["aggregate"])
+    c = PAILLIER_COSTS
+    slot_bits = 8 * math.ceil((he.value_bits + 16) / 8)
+    cts = math.ceil(num_params / ((he.key_bits - 1) // slot_bits))
+    if he.key_mode == "threshold":
+        t = he.threshold or n
+        client = c["encrypt"] + c["partial"] + 2 * t * c["combine"]
+    else:
+        client = c["encrypt_crt"] + c["decrypt"]
+    return cts * (he.key_bits / 2048) ** 2.8 * (client + n * c["aggregate"])
 
 
 def _he_bytes_per_value(config: ExperimentConfig) -> float:
@@ -484,6 +506,8 @@ def _he_protocol(world: World, peer: int, seed: int) -> Protocol[Any]:
     backend = world.he_keys.backend(
         peer, world.num_peers, stochastic=cfg.security.stochastic_rounding
     )
+    # wall time pays for the crypto in real seconds; virtual time charges reference costs
+    charge = cfg.security.he.charge_compute and cfg.time.mode == "virtual"
     if pcfg.kind == "dpsgd":
         return HeGossip(
             peer,
@@ -495,6 +519,7 @@ def _he_protocol(world: World, peer: int, seed: int) -> Protocol[Any]:
             timeout=pcfg.timeout,
             epochs=tcfg.local_epochs,
             steps=tcfg.local_steps,
+            charge=charge,
         )
     return HeFedAvg(
         peer,
@@ -507,6 +532,7 @@ def _he_protocol(world: World, peer: int, seed: int) -> Protocol[Any]:
         min_fraction=pcfg.min_fraction,
         epochs=tcfg.local_epochs,
         steps=tcfg.local_steps,
+        charge=charge,
     )
 
 
@@ -557,6 +583,8 @@ def _resolve_automatic(
     fanout = config.num_peers if config.has_coordinator else schedule.at(0).degree_stats()[2]
     queue = max(fanout - 1, 0) * network.serialise_time(frame)
     slowest = max(per_round)
+    if sec.homomorphic and sec.he.charge_compute:
+        slowest += _he_compute_estimate(config, num_params)
     if pcfg.timeout is None and pcfg.kind != "pushsum":
         # D-PSGD and a coordinator wait for training; a gossip reply needs only a round trip.
         wait = 10 * delay + 2 * queue

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from p2pfed import run
+from p2pfed.config import config_from_mapping
 from p2pfed.crypto.he import HEError
 from p2pfed.crypto.paillier import KeyShare, PaillierSecretKey
 from p2pfed.errors import ConfigError
@@ -21,6 +22,7 @@ from p2pfed.experiment import build_peers, build_world
 from p2pfed.protocol.codec import Codec
 from p2pfed.protocol.core import MessageArrived, Send, Started, TimerFired, TrainingDone
 from p2pfed.protocol.he import (
+    PAILLIER_COSTS,
     WEIGHT_SCALE,
     HeGossip,
     HeKeys,
@@ -176,8 +178,6 @@ def test_the_relay_holds_no_secret(tmp_path: Path) -> None:
         topology={"kind": "ring", "n": 5},
         security={"aggregation": "he", "he": {"scheme": "paillier", "key_bits": 1024}},
     )
-    from p2pfed.config import config_from_mapping
-
     world = build_world(config_from_mapping(cfg))
     assert world.participants == 6
     (relay,) = build_peers(world, [5], "cpu")
@@ -276,3 +276,44 @@ def test_clipped_encrypted_inputs_are_warned_about(tmp_path: Path) -> None:
     s = run(cfg, out=tmp_path / "clip").summary
     assert s["protocol_events"]["he_input_clipped"] == 10  # every peer, every round
     assert any("raise security.he.clip" in w for w in s["warnings"]), s["warnings"]
+
+
+@pytest.mark.parametrize("kind", ["fedavg", "dpsgd"])
+def test_virtual_time_charges_the_reference_cost_of_the_crypto(tmp_path: Path, kind: str) -> None:
+    rounds = 3
+    base = small_config(
+        topology={"kind": "ring", "n": 5},
+        model={"kind": "mlp", "hidden": [16]},
+        protocol={"kind": kind, "rounds": rounds},
+    )
+
+    def go(charge: bool) -> Any:
+        he = {"scheme": "paillier", "key_bits": 1024, "charge_compute": charge}
+        return run(
+            {**base, "security": {"aggregation": "he", "he": he}}, out=tmp_path / str(charge)
+        )
+
+    free, charged = go(False), go(True)
+    assert charged.summary["final"]["mean_acc"] == free.summary["final"]["mean_acc"]
+    params = free.summary["params"]
+    cts = -(-params // ((1024 - 1) // 32))  # 32-bit slots: 16-bit values + padding
+    scale = 0.5**2.8
+    # every round, on the critical path: a client's encryption and decryption at least
+    floor = rounds * cts * scale * (PAILLIER_COSTS["encrypt_crt"] + PAILLIER_COSTS["decrypt"])
+    extra = charged.summary["virtual_time"] - free.summary["virtual_time"]
+    assert floor * 0.9 <= extra <= floor * 3, (extra, floor)
+
+
+def test_wall_time_charges_nothing(tmp_path: Path) -> None:
+    cfg = small_config(
+        topology={"kind": "ring", "n": 5},
+        runtime={"kind": "ray"},
+        time={"mode": "wall"},
+        security={"aggregation": "he", "he": {"key_bits": 1024}},
+    )
+    world = build_world(config_from_mapping(cfg))
+    (peer,) = build_peers(world, [0], "cpu")
+    assert peer.protocol.charge is False  # type: ignore[attr-defined]
+    virtual = build_world(config_from_mapping({**cfg, "runtime": {}, "time": {}}))
+    (peer,) = build_peers(virtual, [0], "cpu")
+    assert peer.protocol.charge is True  # type: ignore[attr-defined]

@@ -574,20 +574,26 @@ class HeDriver(Driver):
             self.pending[-1] = (target, dataclasses.replace(done, samples=self.samples[peer]))
 
     def settle(self, hold: Callable[[int, Event], bool] = lambda peer, ev: False) -> None:
-        """Deliver everything but timers (and events ``hold`` keeps back), in order, until
-        nothing else is pending."""
+        """Deliver everything but deadlines (and events ``hold`` keeps back), in order,
+        until nothing else is pending. Modelled computation (``he_compute`` timers) ends
+        like any other event: it is no deadline."""
         while True:
             live = [
                 k
                 for k, (p, ev) in enumerate(self.pending)
-                if not isinstance(ev, TimerFired) and not hold(p, ev)
+                if (not isinstance(ev, TimerFired) or ev.tag == "he_compute")
+                and not hold(p, ev)
             ]
             if not live:
                 return
             self.step(live[0])
 
     def timers(self, peer: int = COORD) -> list[TimerFired]:
-        return [ev for p, ev in self.pending if p == peer and isinstance(ev, TimerFired)]
+        return [
+            ev
+            for p, ev in self.pending
+            if p == peer and isinstance(ev, TimerFired) and ev.tag != "he_compute"
+        ]
 
     def fire(self, rnd: int) -> list[Effect]:
         """The coordinator's deadline of round ``rnd`` for the phase now open passes (its

@@ -96,6 +96,25 @@ from p2pfed.topology import TopologySchedule
 MAX_RESENDS = 6
 #: subsets of partial decryptions the coordinator tries before waiting for more
 MAX_SUBSETS = 16
+
+#: Reference costs of the HE operations, in seconds, for charging them in virtual time
+#: (``security.he.charge_compute``): measured on this project's reference machine (a 2-core
+#: Xeon, one core per operation; ``scripts/bench_he.py``). Paillier per 2048-bit ciphertext,
+#: scaled by ``(key_bits / 2048) ** 2.8`` (measured: 1.15 / 7.8 / 26 ms to encrypt at
+#: 1024 / 2048 / 3072 bits); CKKS per value at N = 8192 (scaled by N / 8192).
+PAILLIER_COSTS = {
+    "encrypt": 8.0e-3,  # with the public key (threshold-mode clients)
+    "encrypt_crt": 4.5e-3,  # with the primes (group-mode clients)
+    "decrypt": 2.4e-3,  # with the primes, CRT
+    "partial": 16.8e-3,  # one key share's partial decryption (8 parties)
+    "combine": 0.12e-3,  # per partial combined
+    "aggregate": 0.05e-3,  # per summand: a small-exponent weight and a product
+}
+CKKS_COSTS = {
+    "encrypt": 1.05e-6,
+    "decrypt": 0.27e-6,
+    "aggregate": 0.3e-6,  # per summand: a plain weight and an addition
+}
 _BLOB = frozenset({"blob"})
 _EMPTY = np.zeros(0, dtype=np.uint8)
 
@@ -187,6 +206,11 @@ class HeBackend(abc.ABC):
     def combine(self, blob: bytes, weight: int, partials: dict[int, bytes]) -> np.ndarray:
         """The weighted mean in an aggregate from ``threshold`` partials (threshold mode)."""
 
+    @abc.abstractmethod
+    def cost(self, op: str, values: int, count: int = 1) -> float:
+        """Reference seconds of ``op`` (encrypt, decrypt, partial, combine, aggregate) on a
+        vector of ``values``; ``count``: summands aggregated, or partials combined."""
+
     def check_partial(self, blob: bytes, partial: bytes) -> None:
         """Refuse (HEError) a partial decryption that cannot belong to aggregate ``blob``."""
         raise HEError("this scheme has no partial decryptions")
@@ -225,6 +249,14 @@ class PaillierBackend(HeBackend):
             self.share_index = share.index
             self.threshold = share.threshold
             self.parties = share.parties
+
+    def cost(self, op: str, values: int, count: int = 1) -> float:
+        if op == "encrypt" and self._secret is not None:
+            op = "encrypt_crt"
+        per = PAILLIER_COSTS[op] * (self.packed.public.bits / 2048) ** 2.8
+        if op in ("combine", "aggregate"):
+            per *= count
+        return per * self.packed.packing.ciphertexts(values)
 
     def _load(self, blob: bytes, weight: int | None = None) -> Any:
         from p2pfed.crypto.paillier import PaillierVector
@@ -319,6 +351,13 @@ class CkksBackend(HeBackend):
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_ctx": None}
 
+    def cost(self, op: str, values: int, count: int = 1) -> float:
+        per = CKKS_COSTS.get(op)
+        if per is None:
+            raise HEError(f"ckks has no {op}")
+        degree = self._context().params.poly_modulus_degree
+        return per * values * (count if op == "aggregate" else 1) * degree / 8192
+
     def _context(self) -> Any:
         if self._ctx is None:
             from p2pfed.crypto.ckks import CkksKeys, CkksPublic
@@ -359,6 +398,28 @@ class CkksBackend(HeBackend):
         raise HEError("ckks has no threshold decryption")
 
 
+def _after(charge: bool, state: Any, seconds: float, effects: list[Effect]) -> list[Effect]:
+    """``effects`` once ``seconds`` of modelled computation have passed (virtual time with
+    ``charge``), else at once. The effects wait in ``state.held`` behind a ``he_compute``
+    timer. A peer's computations are charged as delays side by side, not queued on one
+    CPU: an approximation that matters only when one peer runs several at once. Callers
+    put a ``Stop`` behind the effects it follows, and never hold effects of a stopped peer
+    (the runtime may drop its timers): those go out at once, uncharged."""
+    if not charge or seconds <= 0 or not effects:
+        return effects
+    seq = state.compute_seq
+    state.compute_seq += 1
+    state.held[seq] = effects
+    return [SetTimer(seconds, "he_compute", seq)]
+
+
+def _release(state: Any, event: Event) -> list[Effect] | None:
+    """The effects a ``he_compute`` timer releases, or None for any other event."""
+    if isinstance(event, TimerFired) and event.tag == "he_compute":
+        return list(state.held.pop(event.round, []))
+    return None
+
+
 # --- the protocol ---------------------------------------------------------------------------
 
 
@@ -383,6 +444,9 @@ class HeFedAvgState:
     training_round: int | None = None
     sent: HeUpdate | None = None  # the latest update, for re-sends
     waiting: HeAggregate | None = None  # threshold: the aggregate awaiting partials
+    # both: effects waiting for modelled computation to finish (see _after)
+    held: dict[int, list[Effect]] = field(default_factory=dict)
+    compute_seq: int = 0
 
 
 class HeFedAvg(Protocol[HeFedAvgState]):
@@ -403,6 +467,7 @@ class HeFedAvg(Protocol[HeFedAvgState]):
         min_fraction: float = 1.0,
         epochs: int = 1,
         steps: int | None = None,
+        charge: bool = False,
     ):
         if rounds < 1:
             raise ProtocolError("rounds must be at least 1")
@@ -423,6 +488,8 @@ class HeFedAvg(Protocol[HeFedAvgState]):
         self.quorum = max(1, math.ceil(min_fraction * num_clients - 1e-9))
         self.epochs = epochs
         self.steps = steps
+        self.charge = charge
+        self.dim = self.params0.size
         t = backend.threshold
         if t is not None and t > num_clients:
             raise ProtocolError(f"threshold {t} exceeds the {num_clients} clients")
@@ -441,6 +508,9 @@ class HeFedAvg(Protocol[HeFedAvgState]):
         return state.round
 
     def on_event(self, state: HeFedAvgState, event: Event) -> tuple[HeFedAvgState, list[Effect]]:
+        released = _release(state, event)
+        if released is not None:
+            return state, released
         if self.is_coordinator:
             return state, self._coordinator(state, event)
         return state, self._client(state, event)
@@ -532,13 +602,15 @@ class HeFedAvg(Protocol[HeFedAvgState]):
         state.resent_to.clear()
         state.deadline_passed = False
         msg = self._opening(state)
-        effects += [Send(k, msg) for k in self._clients()]
+        out: list[Effect] = [Send(k, msg) for k in self._clients()]
         if msg.final and self.backend.threshold is None:
             state.done = True
-            effects.append(Stop())
+            out.append(Stop())
         else:
-            effects.append(self._timer(state))
-        return effects
+            out.append(self._timer(state))
+        return effects + _after(
+            self.charge, state, self.backend.cost("aggregate", self.dim, count), out
+        )
 
     def _on_partial(self, state: HeFedAvgState, sender: int, msg: HePartial) -> list[Effect]:
         t = self.backend.threshold
@@ -576,7 +648,8 @@ class HeFedAvg(Protocol[HeFedAvgState]):
             effects.append(Stop())
         else:
             effects.append(self._timer(state))
-        return effects
+        t = len(chosen)  # the check combined them once
+        return _after(self.charge, state, self.backend.cost("combine", self.dim, t), effects)
 
     def _on_deadline(self, state: HeFedAvgState, event: TimerFired) -> list[Effect]:
         if event.round != state.round or state.done:
@@ -631,12 +704,16 @@ class HeFedAvg(Protocol[HeFedAvgState]):
                 part = self.backend.partial(blob)
             except HEError as exc:
                 return [Emit("he_aggregate_refused", {"round": msg.round, "reason": str(exc)})]
-            return [Send(self.coordinator, HePartial(msg.round, _wire(part)))]
+            send: list[Effect] = [Send(self.coordinator, HePartial(msg.round, _wire(part)))]
+            # a stopped peer's timers may be dropped: it answers at once, uncharged
+            charge = self.charge and not state.stopped
+            return _after(charge, state, self.backend.cost("partial", self.dim), send)
         try:
             mean = self.backend.decrypt(blob, msg.weight)
         except HEError as exc:
             return [Emit("he_aggregate_refused", {"round": msg.round, "reason": str(exc)})]
-        return self._adopt(state, msg.round, self.params0 + mean, final=msg.final)
+        adopted = self._adopt(state, msg.round, self.params0 + mean, final=msg.final)
+        return _after(self.charge, state, self.backend.cost("decrypt", self.dim), adopted)
 
     def _on_partials(self, state: HeFedAvgState, msg: HePartials) -> list[Effect]:
         agg = state.waiting
@@ -654,7 +731,9 @@ class HeFedAvg(Protocol[HeFedAvgState]):
         except HEError as exc:
             return [Emit("he_partials_refused", {"round": msg.round, "reason": str(exc)})]
         state.waiting = None
-        return self._adopt(state, msg.round, self.params0 + mean, final=agg.final)
+        adopted = self._adopt(state, msg.round, self.params0 + mean, final=agg.final)
+        cost = self.backend.cost("combine", self.dim, len(partials))
+        return _after(self.charge, state, cost, adopted)
 
     def _adopt(
         self, state: HeFedAvgState, rnd: int, params: np.ndarray, *, final: bool
@@ -693,14 +772,16 @@ class HeFedAvg(Protocol[HeFedAvgState]):
             return [Emit("he_update_refused", {"round": rnd, "reason": str(exc)})]
         update = HeUpdate(rnd, _wire(blob), int(event.samples))
         state.sent = update
-        effects: list[Effect] = [Send(self.coordinator, update)]
-        if clipped:
-            effects.append(Emit("he_input_clipped", {"round": rnd, "values": clipped}))
+        out: list[Effect] = [Send(self.coordinator, update)]
         state.round += 1
         if state.round >= self.rounds and not state.stopped:
-            # the final aggregate still arrives and is adopted (threshold: partials sent)
+            # the final aggregate still arrives and is adopted (threshold: partials sent);
+            # Stop goes after the update, which may wait for its modelled encryption
             state.stopped = True
-            effects.append(Stop())
+            out.append(Stop())
+        effects = _after(self.charge, state, self.backend.cost("encrypt", self.dim), out)
+        if clipped:
+            effects.append(Emit("he_input_clipped", {"round": rnd, "values": clipped}))
         return effects
 
 
@@ -826,6 +907,8 @@ class HeGossipState:
     served: dict[int, set[int]] = field(default_factory=dict)  # round -> aggregators served
     timed_out: set[int] = field(default_factory=set)  # rounds whose deadline passed
     done: bool = False
+    held: dict[int, list[Effect]] = field(default_factory=dict)  # see _after
+    compute_seq: int = 0
 
 
 class HeGossip(Protocol[HeGossipState]):
@@ -873,6 +956,7 @@ class HeGossip(Protocol[HeGossipState]):
         timeout: float,
         epochs: int = 1,
         steps: int | None = None,
+        charge: bool = False,
     ):
         n = schedule.at(0).n
         if rounds < 1:
@@ -896,6 +980,8 @@ class HeGossip(Protocol[HeGossipState]):
         self.timeout = timeout
         self.epochs = epochs
         self.steps = steps
+        self.charge = charge
+        self.dim = self.params0.size
 
     def initial_state(self, params: np.ndarray) -> HeGossipState:
         return HeGossipState(np.array(params, dtype=np.float32), np.random.default_rng(self.seed))
@@ -907,6 +993,9 @@ class HeGossip(Protocol[HeGossipState]):
         return state.round
 
     def on_event(self, state: HeGossipState, event: Event) -> tuple[HeGossipState, list[Effect]]:
+        released = _release(state, event)
+        if released is not None:
+            return state, released
         if self.peer == self.relay:
             return state, self._relay(state, event)
         return state, self._peer(state, event)
@@ -964,12 +1053,16 @@ class HeGossip(Protocol[HeGossipState]):
                 effects.append(Send(i, msg))
                 continue
             out = HeNeighbourSum(r, np.array(included, dtype=np.int64), sum(ws), _wire(blob))
-            effects.append(Send(i, out))
+            cost = self.backend.cost("aggregate", self.dim, len(included))
+            effects += _after(self.charge, state, cost, [Send(i, out)])
         if len(served) == self.n:
             state.shares.pop(r, None)  # every peer has its sum: the ciphertexts can go
             if r == self.rounds - 1 and not state.done:
                 state.done = True
-                effects.append(Stop())
+                # after the last sums, which may wait for their modelled aggregation
+                most = max(len(topo.in_neighbours(i)) for i in range(self.n))
+                last = self.backend.cost("aggregate", self.dim, most) + 1e-6
+                effects += _after(self.charge, state, last, [Stop()])
         return effects
 
     # -- peer --------------------------------------------------------------------------------
@@ -1012,7 +1105,8 @@ class HeGossip(Protocol[HeGossipState]):
         except HEError as exc:
             effects.append(Emit("he_update_refused", {"round": state.round, "reason": str(exc)}))
         else:
-            effects.append(Send(self.relay, HeShare(state.round, _wire(blob))))
+            send: list[Effect] = [Send(self.relay, HeShare(state.round, _wire(blob)))]
+            effects += _after(self.charge, state, self.backend.cost("encrypt", self.dim), send)
             if clipped:
                 effects.append(Emit("he_input_clipped", {"round": state.round, "values": clipped}))
         effects.append(SetTimer(2 * self.timeout, "he_sum_timeout", state.round))
@@ -1056,11 +1150,13 @@ class HeGossip(Protocol[HeGossipState]):
         state.params = mixed.astype(np.float32)
         state.half = None
         state.round += 1
+        then: list[Effect]
         if state.round >= self.rounds:
             state.phase = "done"
             state.sums.clear()
-            effects.append(Stop())
+            then = [Stop()]
         else:
             state.phase = "training"
-            effects.append(self._train(state))
-        return effects
+            then = [self._train(state)]
+        cost = self.backend.cost("decrypt", self.dim) if mean is not None else 0.0
+        return effects + _after(self.charge, state, cost, then)
