@@ -480,7 +480,8 @@ def _secure_protocol(world: World, peer: int, seed: int) -> Protocol[Any]:
     scope, dim = (
         ("star", world.num_params + 1) if pcfg.kind == "fedavg" else ("nbhd", world.num_params)
     )
-    settings = secure_settings(sec, pcfg.timeout, sec.phase_timeout, scope)
+    charge = sec.charge_compute and cfg.time.mode == "virtual"
+    settings = secure_settings(sec, pcfg.timeout, sec.phase_timeout, scope, charge=charge)
     common: dict[str, Any] = {
         "rounds": pcfg.rounds,
         "seed": seed,
@@ -507,7 +508,7 @@ def _he_protocol(world: World, peer: int, seed: int) -> Protocol[Any]:
         peer, world.num_peers, stochastic=cfg.security.stochastic_rounding
     )
     # wall time pays for the crypto in real seconds; virtual time charges reference costs
-    charge = cfg.security.he.charge_compute and cfg.time.mode == "virtual"
+    charge = cfg.security.charge_compute and cfg.time.mode == "virtual"
     if pcfg.kind == "dpsgd":
         return HeGossip(
             peer,
@@ -583,7 +584,7 @@ def _resolve_automatic(
     fanout = config.num_peers if config.has_coordinator else schedule.at(0).degree_stats()[2]
     queue = max(fanout - 1, 0) * network.serialise_time(frame)
     slowest = max(per_round)
-    if sec.homomorphic and sec.he.charge_compute:
+    if sec.homomorphic and sec.charge_compute:
         slowest += _he_compute_estimate(config, num_params)
     if pcfg.timeout is None and pcfg.kind != "pushsum":
         # D-PSGD and a coordinator wait for training; a gossip reply needs only a round trip.

@@ -22,7 +22,7 @@ plain aggregation and he-fedavg in each of ``--modes`` (paillier-group, paillier
 ckks): seconds per round as the steady-state difference (run_s(2R) - run_s(R)) / R of
 p2pfed's own timer, the same for virtual seconds, and bytes over plain's. Virtual time
 charges training (1 ms a sample), the network, and the HE work at its reference cost
-(``security.he.charge_compute``; ``p2pfed.protocol.he.PAILLIER_COSTS`` / ``CKKS_COSTS``,
+(``security.charge_compute``; ``p2pfed.protocol.he.PAILLIER_COSTS`` / ``CKKS_COSTS``,
 measured with this script): what a round costs the simulated peers, each on its own core.
 The wall seconds are what the simulation costs this machine, where the 8 clients' crypto
 shares 2 cores.

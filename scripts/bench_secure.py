@@ -20,7 +20,8 @@ seconds per round (``s/round``: what the simulation costs this machine) are the 
 state (run_s(2R) - run_s(R)) / R from p2pfed's own timer (start-up and the final evaluation
 cancel), best of ``--repeat`` interleaved repeats; ``vs/round`` is the same difference in
 virtual seconds: how much longer a round takes the simulated peers (training at 1 ms per
-sample, 10-20 ms latency, 100 Mbit/s uplinks), deterministic.
+sample, 10-20 ms latency, 100 Mbit/s uplinks, and the clients' crypto at its reference cost,
+``security.charge_compute``: each peer on its own core), deterministic.
 Bytes are all frames of the 2R run over the plain run's bytes; the targets are bytes <= 1.05
 for d >= 10^5 and secure <= 1.3x plain seconds per round at N = 16.
 
@@ -28,10 +29,13 @@ Measured here (2 cores, --repeat 2), per-peer ms for d = 10^5 / 10^6: encode 1.0
 secret-share 4.2 / 43.6, secagg 8.4 / 38.4, one session's unmasking 0.8 / 7.8 (2.9 / 12.1 with
 a dropout). Runs, hidden 64 (d = 4,810) / 1500 (d = 112,510): bytes x plain 1.007 / 1.000
 (secret-share) and 1.060 / 1.003 (secagg); virtual s/round x plain 1.20 / 1.09 and
-1.58 / 1.25; wall s/round x plain 1.67 / 2.31 and 7.42 / 4.09; with ``--epochs 8 --hidden
-1500`` wall 1.28x and 1.51x. The wall-time target is not met with 1 local epoch: the crypto
-floor (AES-CTR at ~3.7 GB/s: 16-24 expansions of 0.4 MB per peer and round, plus encoding)
-is about as long as a peer's whole plain round.
+1.59 / 1.26 (crypto charged; it adds ~1 ms to a 0.3 s round: transfers dominate, and at
+d = 4,810 secagg's three extra round trips do); wall s/round x plain 2.0 / 2.2 and 6.5 / 3.5
+(secagg's share blobs sealed with AES-OCB since: 3.6x before the other changes of that
+run); with ``--epochs 8 --hidden 1500`` wall 1.28x and 1.51x. The wall time is what the
+simulation costs this machine, where 16 peers' crypto shares 2 cores: the AES-CTR floor
+alone (16-24 expansions of 0.4 MB per peer and round at ~4 GB/s) is about as long as a
+peer's whole plain round with 1 local epoch.
 """
 
 from __future__ import annotations

@@ -288,10 +288,9 @@ def test_virtual_time_charges_the_reference_cost_of_the_crypto(tmp_path: Path, k
     )
 
     def go(charge: bool) -> Any:
-        he = {"scheme": "paillier", "key_bits": 1024, "charge_compute": charge}
-        return run(
-            {**base, "security": {"aggregation": "he", "he": he}}, out=tmp_path / str(charge)
-        )
+        he = {"scheme": "paillier", "key_bits": 1024}
+        sec = {"aggregation": "he", "he": he, "charge_compute": charge}
+        return run({**base, "security": sec}, out=tmp_path / str(charge))
 
     free, charged = go(False), go(True)
     assert charged.summary["final"]["mean_acc"] == free.summary["final"]["mean_acc"]

@@ -22,7 +22,7 @@ import p2pfed.experiment as experiment
 from p2pfed.config import config_from_mapping
 from p2pfed.crypto.he import HEError
 from p2pfed.crypto.paillier import KeyShare, PaillierPublicKey, PaillierSecretKey
-from p2pfed.errors import ConfigError
+from p2pfed.errors import ConfigError, ProtocolError
 from p2pfed.experiment import Result, World, build_peers, build_world, run
 from p2pfed.protocol import (
     Codec,
@@ -575,14 +575,13 @@ class HeDriver(Driver):
 
     def settle(self, hold: Callable[[int, Event], bool] = lambda peer, ev: False) -> None:
         """Deliver everything but deadlines (and events ``hold`` keeps back), in order,
-        until nothing else is pending. Modelled computation (``he_compute`` timers) ends
+        until nothing else is pending. Modelled computation (``he:compute`` timers) ends
         like any other event: it is no deadline."""
         while True:
             live = [
                 k
                 for k, (p, ev) in enumerate(self.pending)
-                if (not isinstance(ev, TimerFired) or ev.tag == "he_compute")
-                and not hold(p, ev)
+                if (not isinstance(ev, TimerFired) or ev.tag == "he:compute") and not hold(p, ev)
             ]
             if not live:
                 return
@@ -592,7 +591,7 @@ class HeDriver(Driver):
         return [
             ev
             for p, ev in self.pending
-            if p == peer and isinstance(ev, TimerFired) and ev.tag != "he_compute"
+            if p == peer and isinstance(ev, TimerFired) and ev.tag != "he:compute"
         ]
 
     def fire(self, rnd: int) -> list[Effect]:
@@ -789,16 +788,18 @@ def test_a_full_run_through_the_codec(group_keys: HeKeys, threshold_keys: HeKeys
 
 
 @pytest.mark.parametrize("corrupt", ["truncated", "garbage", "another-key"])
-def test_a_malformed_update_is_refused_and_the_round_closes_with_the_others(
+def test_a_malformed_update_is_refused_and_never_leaves_a_sum_of_two(
     group_keys: HeKeys, other_keys: HeKeys, corrupt: str
 ) -> None:
     d = he_star(group_keys)
     honest = d._execute
+    damaged = [False]
 
     def tamper(peer: int, eff: Effect) -> None:  # client 1's first update arrives damaged
         if peer == 1 and isinstance(eff, Send) and isinstance(eff.message, HeUpdate):
             msg = eff.message
-            if msg.round == 0:
+            if msg.round == 0 and not damaged[0]:
+                damaged[0] = True
                 if corrupt == "truncated":
                     blob = msg.blob[:-1]
                 elif corrupt == "garbage":
@@ -815,11 +816,16 @@ def test_a_malformed_update_is_refused_and_the_round_closes_with_the_others(
     assert refused["sender"] == 1
     reason = {"truncated": "wrong size", "garbage": "too short", "another-key": "another key"}
     assert reason[corrupt] in refused["reason"]
+    # two good updates are no sum to release: each would reveal the other to its sender
+    assert d.emits("he_round_too_small", COORD) == [{"round": 0, "updates": 2}]
+    assert not d.emits("round_aggregated", COORD)
+    effects = d.fire(0)  # the deadline asks client 1 again; its update now arrives intact
+    assert [k for k, _ in _sent(effects)] == [1]
+    d.settle()
     aggregated = d.emits("round_aggregated", COORD)
-    assert aggregated == [{"round": 0, "clients": 2}, {"round": 1, "clients": 3}]
-    # round 1 started from the weighted mean of clients 0 and 2 only
+    assert aggregated == [{"round": 0, "clients": 3}, {"round": 1, "clients": 3}]
     for k in range(N):
-        _close(d.trains(k)[1], weighted_mean(X0, [0, 2]))
+        _close(d.trains(k)[1], weighted_mean(X0, range(N)))
     assert d.done == set(range(N + 1))
 
 
@@ -897,39 +903,29 @@ def test_a_deadline_below_the_quorum_resends_then_stalls_until_the_update_comes(
     assert d.done == set(range(N + 1))
 
 
-def test_a_deadline_with_the_quorum_closes_the_round_without_the_silent(
+def test_a_deadline_never_closes_a_round_on_fewer_than_three_updates(
     group_keys: HeKeys,
 ) -> None:
-    d = he_star(group_keys, min_fraction=0.6, drop=drop_when(HeUpdate, src=2, rnd=0))
-    d.settle()
-    assert d.states[COORD].round == 0  # all three are expected before the deadline
-    effects = d.fire(0)
-    assert effects[0] == Emit("round_aggregated", {"round": 0, "clients": 2})
-    d.settle()
-    for k in range(N):
-        _close(d.trains(k)[1], weighted_mean(X0, [0, 1]))
-    # the silent client's update of the closed round, arriving late, is stale
-    (_, _, late), *_ = d.lost
-    d.deliver(COORD, MessageArrived(2, late))
-    assert d.emits("stale_update_dropped", COORD) == [{"sender": 2, "round": 0}]
-    assert d.done == set(range(N + 1))
-
-
-def test_a_client_overtaken_by_a_newer_model_trains_again_from_it(group_keys: HeKeys) -> None:
+    # min_fraction 0.6 of 3 clients would be 2: the quorum is raised to 3 (a sum of two
+    # would give each of the two the other's update)
     d = he_star(group_keys, min_fraction=0.6)
+    assert d.protocols[COORD].quorum == 3  # type: ignore[attr-defined]
     d.settle(hold=lambda peer, ev: peer == 2 and isinstance(ev, TrainingDone))  # 2 is slow
     held = d.take(2, TrainingDone)
-    d.fire(0)  # two updates are the quorum: round 0 closes without client 2
+    effects = d.fire(0)
+    assert not d.emits("round_aggregated", COORD)
+    assert [(k, type(m)) for k, m in _sent(effects)] == [(2, HeAggregate)]  # asked again
     d.settle()
-    assert d.emits("round_aggregated", COORD) == [{"round": 0, "clients": 2}]
-    assert len(d.trains(2)) == 1  # the new model arrived while it trained: no second Train yet
+    assert len(d.trains(2)) == 1  # the repeated opening does not start a second training
     d.deliver(2, held)
-    # its training from x^0 is dropped: no update for round 0, a new training from x^1
-    assert not d.sends(2, HeUpdate)
-    _close(d.trains(2)[1], weighted_mean(X0, [0, 1]))
     d.settle()
-    assert d.emits("round_aggregated", COORD)[1] == {"round": 1, "clients": 3}
+    assert d.emits("round_aggregated", COORD)[0] == {"round": 0, "clients": 3}
     assert d.done == set(range(N + 1))
+
+
+def test_fewer_than_three_clients_are_refused(group_keys: HeKeys) -> None:
+    with pytest.raises(ProtocolError, match="at least 3 clients"):
+        HeFedAvg(2, 2, rounds=1, seed=0, backend=group_keys.backend(2, N), params0=X0, timeout=1.0)
 
 
 def test_threshold_partials_are_forwarded_once_enough_are_in(threshold_keys: HeKeys) -> None:

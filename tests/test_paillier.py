@@ -745,3 +745,29 @@ def test_malformed_or_foreign_blobs_are_refused(
         refused(bytes(bad), "out of range")
     # the untouched blob still parses, and a legal public weight change is accepted
     assert PaillierVector.from_bytes(_with_header(blob, weight=255), public, packing).weight == 255
+
+
+def test_a_share_modulo_its_holders_indices_tells_nothing_about_the_key(
+    small_keys: Keys,
+) -> None:
+    """Integer Shamir shares satisfy f(i) = f(0) mod i: shares of d itself would give
+    t - 1 holders d modulo the product of their indices. The shared secret is Delta d,
+    which every index divides, so that residue is always 0."""
+    public, secret = small_keys
+    shares = split_key(secret, 13, 4, np.random.default_rng(18))
+    for s in shares:
+        assert s.share % s.index == 0
+    # and the shares still decrypt: 4 of 13 combine to the plaintext
+    c = public.encrypt(4242, np.random.default_rng(20))
+    pooled = {s.index: s.partial(c) for s in shares if s.index in (2, 11, 12, 13)}
+    assert combine_partials(public, 13, 4, pooled) == 4242
+
+
+def test_a_partial_that_is_no_unit_is_refused(small_keys: Keys) -> None:
+    public, secret = small_keys
+    rng = np.random.default_rng(19)
+    shares = split_key(secret, 5, 3, rng)
+    c = public.encrypt(7, rng)
+    p = partials_of(c, shares)
+    with pytest.raises(HEError, match="not a unit"):
+        combine_partials(public, 5, 3, {1: p[1], 2: public.n, 3: p[3]})

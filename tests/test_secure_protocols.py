@@ -28,12 +28,14 @@ from p2pfed.protocol import (
     MessageArrived,
     Protocol,
     Send,
+    SetTimer,
     TimerFired,
     Train,
     TrainingDone,
 )
 from p2pfed.protocol.fed import GlobalModel
 from p2pfed.protocol.secure import (
+    SECURE_COSTS,
     SESSION_MESSAGES,
     SaAdvert,
     SaMasked,
@@ -1109,3 +1111,63 @@ def test_the_summary_warns_when_secure_inputs_were_clipped(tmp_path: Path) -> No
     assert any("clipped: raise security.clipping_range" in w for w in s["warnings"]), s["warnings"]
     cfg["security"]["clipping_range"] = 8.0
     assert not run(cfg, out=tmp_path / "fine").summary["warnings"]
+
+
+@pytest.mark.parametrize(("kind", "mode"), [("dpsgd", "secagg"), ("fedavg", "secret-share")])
+def test_virtual_time_charges_the_clients_crypto(tmp_path: Path, kind: str, mode: str) -> None:
+    rounds = 3
+    topology = {"kind": "torus", "n": 9} if kind == "dpsgd" else {"kind": "ring", "n": 5}
+    base = small_config(
+        topology=topology,
+        model={"kind": "mlp", "hidden": [64]},
+        protocol={"kind": kind, "rounds": rounds},
+    )
+
+    def go(charge: bool) -> Result:
+        sec = {"aggregation": mode, "charge_compute": charge}
+        return run({**base, "security": sec}, out=tmp_path / f"{charge}")
+
+    free, charged = go(False), go(True)
+    # the same sums, later: charging changes when messages leave, not what they carry
+    assert charged.summary["final"]["mean_acc"] == free.summary["final"]["mean_acc"]
+    assert charged.summary["protocol_events"] == free.summary["protocol_events"]
+    assert charged.summary["virtual_time"] != free.summary["virtual_time"]
+    if kind == "fedavg":
+        # one star session a round: its clients' encoding and masking are on the critical
+        # path (on a torus, held messages can also reorder uplink queues either way)
+        d = free.summary["params"] + 1
+        expansion = 4 * d * SECURE_COSTS["expand_byte"]
+        extra = charged.summary["virtual_time"] - free.summary["virtual_time"]
+        floor = rounds * (d * SECURE_COSTS["encode_value"] + expansion)
+        assert floor < extra < 50 * floor, (extra, floor)
+
+
+def test_a_charged_client_holds_each_message_for_its_reference_cost() -> None:
+    d, clients = 1000, [0, 1, 2, 3]
+    seeds, publics = pair_key_directory(b"charge-test-seed", range(5))
+    fixed = FixedPoint.from_range(8.0, 2**22)
+    settings = SecureSettings("secagg", fixed, False, 1.0, 1.0, charge=True)
+    sums = {u: SecureSum(u, settings, pair_keys(u, seeds[u], publics), d) for u in clients}
+    st = {u: SecureState(np.random.default_rng(u)) for u in clients}
+    effects = sums[0].contribute(st[0], 4, 0, clients, np.zeros(d))
+    (timer,) = effects
+    assert isinstance(timer, SetTimer) and timer.tag == "secure:compute"
+    assert timer.delay == pytest.approx(d * SECURE_COSTS["encode_value"] + SECURE_COSTS["keygen"])
+    released, _ = sums[0].on_event(st[0], TimerFired(timer.tag, timer.round))
+    (send,) = released
+    assert isinstance(send, Send) and isinstance(send.message, SaAdvert)
+    assert sums[0].on_event(st[0], TimerFired(timer.tag, timer.round))[0] == []  # once only
+
+
+def test_work_in_progress_outlives_a_stop(tmp_path: Path) -> None:
+    """A client that stops right after its last contribution still sends it: compute
+    timers fire after Stop (the engine drops only deadlines)."""
+    cfg = small_config(
+        topology={"kind": "ring", "n": 5},
+        protocol={"kind": "fedavg", "rounds": 2},
+        security={"aggregation": "secagg"},
+    )
+    s = run(cfg, out=tmp_path / "stop").summary
+    assert s["status"] == "completed"
+    assert s["protocol_events"].get("round_aggregated") == 2
+    assert "secure_round_aborted" not in s["protocol_events"]

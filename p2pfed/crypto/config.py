@@ -57,12 +57,6 @@ class HeConfig(BaseModel):
         "is clipped to [-clip, clip] (step clip / (2^(value_bits-1) - 1))",
     )
     poly_modulus_degree: StrictInt = Field(8192, description="ckks: ring degree (slots x 2)")
-    charge_compute: StrictBool = Field(
-        True,
-        description="virtual time: encryption, aggregation and decryption take their "
-        "reference times (p2pfed.protocol.he.PAILLIER_COSTS / CKKS_COSTS, measured on a "
-        "2-core machine); false: they are free, and only bytes cost time",
-    )
     scale_bits: StrictInt = Field(40, ge=20, le=60, description="ckks: log2 of the scale")
 
     @model_validator(mode="after")
@@ -124,6 +118,13 @@ class SecurityConfig(BaseModel):
         gt=0,
         description="fedavg: sample-count weights are divided by this before masking (a "
         "client with more samples is clipped to it), so weighted values stay in range",
+    )
+    charge_compute: StrictBool = Field(
+        True,
+        description="virtual time: the crypto of secure and homomorphic aggregation takes its "
+        "reference time (p2pfed.protocol.secure.SECURE_COSTS, p2pfed.protocol.he."
+        "PAILLIER_COSTS / CKKS_COSTS, measured on a 2-core machine) before its message leaves; "
+        "false: it is free and only bytes cost time. Wall time always pays the real cost",
     )
     phase_timeout: Real | None = Field(
         None,

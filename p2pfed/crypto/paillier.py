@@ -28,16 +28,18 @@ Key modes (who can decrypt):
 
 * ``group``: every peer holds the secret key (agreed at setup); the aggregator holds the
   public key only, so it can add and weight ciphertexts but not read them.
-* ``threshold``: a dealer at setup splits the decryption exponent ``d`` (``d = 0 mod
-  lambda``, ``d = 1 mod n``; Damgard & Jurik, PKC 2001; Shoup, EUROCRYPT 2000) with Shamir
-  sharing over the integers among ``parties`` peers, threshold ``t`` (``t = parties`` is
-  n-of-n); each holder returns ``c^(Delta s_i)`` with ``Delta = parties!``, and any ``t`` of
-  them combine with integer Lagrange coefficients ``Delta * lambda_i`` into
-  ``c^(Delta^2 d) = 1 + m Delta^2 n``. Fewer than ``t`` partials are refused; they carry no
-  information about ``d`` (integer sharing with coefficients ``kappa = 128`` bits wider than
-  ``Delta^2 d`` is statistically hiding: Rabin, "A simplified approach to threshold and
-  proactive RSA", CRYPTO 1998). No safe primes are needed because nothing is verified
-  (below).
+* ``threshold``: a dealer at setup takes the decryption exponent ``d`` (``d = 0 mod
+  lambda``, ``d = 1 mod n``; Damgard & Jurik, PKC 2001; Shoup, EUROCRYPT 2000) and splits
+  ``Delta d``, ``Delta = parties!``, with Shamir sharing over the integers among ``parties``
+  peers, threshold ``t`` (``t = parties`` is n-of-n); each holder returns ``c^(s_i)``, and
+  any ``t`` of them combine with the integer Lagrange coefficients ``Delta * lambda_i`` into
+  ``c^(Delta^2 d) = 1 + m Delta^2 n``. Sharing ``Delta d`` rather than ``d`` matters: over the
+  integers ``f(i) = f(0) mod i``, so ``t - 1`` shares of ``d`` would give away ``d`` modulo
+  the product of their indices, while every index divides ``Delta``. Fewer than ``t``
+  partials are refused; they carry no information about ``d`` (integer sharing with
+  coefficients ``kappa = 128`` bits wider than ``Delta^2 d`` is statistically hiding: Rabin,
+  "A simplified approach to threshold and proactive RSA", CRYPTO 1998). No safe primes are
+  needed because nothing is verified (below).
 
 Threat model. Honest-but-curious peers and aggregator; the aggregator may collude with fewer
 than ``t`` key holders (threshold mode) or with none (group mode). A ciphertext reveals
@@ -222,9 +224,9 @@ class KeyShare:
     share: Any = field(repr=False)
 
     def partial(self, c: Any) -> Any:
-        """This holder's partial decryption ``c^(Delta s_i) mod n^2`` of one ciphertext."""
+        """This holder's partial decryption ``c^(s_i) mod n^2`` of one ciphertext."""
         c = self.public._check(mpz(c))
-        return gmpy2.powmod(c, math.factorial(self.parties) * self.share, self.public.n2)
+        return gmpy2.powmod(c, self.share, self.public.n2)
 
 
 def split_key(
@@ -238,8 +240,11 @@ def split_key(
     lam = secret.lam
     d = lam * gmpy2.invert(lam, n)  # d = 0 mod lambda, d = 1 mod n
     delta = math.factorial(parties)
-    width = int(d.bit_length()) + 2 * delta.bit_length() + KAPPA
-    coeffs = [d] + [
+    # the secret is Delta d, not d: t - 1 shares f(i) = f(0) mod i would otherwise give
+    # d mod prod(i) away; every holder index divides Delta, so Delta d reveals nothing so
+    secret_exp = delta * d
+    width = int(secret_exp.bit_length()) + 2 * delta.bit_length() + KAPPA
+    coeffs = [secret_exp] + [
         mpz(int.from_bytes(rng.bytes((width + 7) // 8), "big")) for _ in range(threshold - 1)
     ]
     shares = []
@@ -269,13 +274,16 @@ def combine_partials(
     delta = math.factorial(parties)
     acc = mpz(1)
     for i in chosen:
+        part = public._check(mpz(partials[i]))
+        if gmpy2.gcd(part, n) != 1:  # no inverse: not the power of a ciphertext
+            raise HEError(f"the partial decryption from holder {i} is not a unit mod n^2")
         num, den = delta, 1
         for j in chosen:
             if j != i:
                 num *= j
                 den *= j - i
         coeff = num // den  # exact: Delta * lambda_i is an integer
-        acc = acc * gmpy2.powmod(public._check(mpz(partials[i])), coeff, n2) % n2
+        acc = acc * gmpy2.powmod(part, coeff, n2) % n2
     if (acc - 1) % n:
         # c^(Delta^2 d) is 1 mod n for a true ciphertext: these partials belong to different
         # ciphertexts or keys, or one is corrupt (a crafted one can still pass: no proofs)

@@ -109,9 +109,16 @@ class Train:
     steps: int | None = None
 
 
+#: a timer whose tag ends with this models computation in progress (its result is held
+#: until the timer fires): the runtime fires it even after the peer stopped
+COMPUTE_SUFFIX = ":compute"
+
+
 @dataclass(frozen=True)
 class SetTimer:
-    """Fire :class:`TimerFired(tag, round)` after ``delay`` seconds of (virtual or wall) time."""
+    """Fire :class:`TimerFired(tag, round)` after ``delay`` seconds of (virtual or wall) time.
+    A stopped peer's timers are dropped, except those tagged ``...:compute``
+    (:data:`COMPUTE_SUFFIX`)."""
 
     delay: float
     tag: str

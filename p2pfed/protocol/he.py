@@ -72,6 +72,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from p2pfed.crypto.config import MIN_GROUP
 from p2pfed.crypto.he import HEError
 from p2pfed.errors import ProtocolError
 from p2pfed.protocol.core import (
@@ -98,7 +99,7 @@ MAX_RESENDS = 6
 MAX_SUBSETS = 16
 
 #: Reference costs of the HE operations, in seconds, for charging them in virtual time
-#: (``security.he.charge_compute``): measured on this project's reference machine (a 2-core
+#: (``security.charge_compute``): measured on this project's reference machine (a 2-core
 #: Xeon, one core per operation; ``scripts/bench_he.py``). Paillier per 2048-bit ciphertext,
 #: scaled by ``(key_bits / 2048) ** 2.8`` (measured: 1.15 / 7.8 / 26 ms to encrypt at
 #: 1024 / 2048 / 3072 bits); CKKS per value at N = 8192 (scaled by N / 8192).
@@ -320,14 +321,27 @@ class PaillierBackend(HeBackend):
     def consistent_partials(
         self, blob: bytes, weight: int, partials: dict[int, bytes]
     ) -> list[int] | None:
-        """Tries the lowest ``threshold`` indices first, then other subsets (at most
-        ``MAX_SUBSETS``): a set whose combination is not ``1 mod n`` holds a bad partial.
-        Whoever relays the partials can combine them, so checking reveals nothing new."""
+        """Tries the lowest ``threshold`` indices, then the lowest ``threshold`` without
+        each index in turn (one bad partial is found whatever its index), then other
+        subsets, ``MAX_SUBSETS`` in all: a set whose combination is not ``1 mod n`` holds a
+        bad partial. Whoever relays the partials can combine them, so checking reveals
+        nothing new."""
         assert self.threshold is not None
+        t = self.threshold
         v = self._load(blob, weight)
-        for k, subset in enumerate(itertools.combinations(sorted(partials), self.threshold)):
-            if k >= MAX_SUBSETS:
+        held = sorted(partials)
+        candidates = itertools.chain(
+            [tuple(held[:t])],
+            (tuple([i for i in held if i != e][:t]) for e in held),
+            itertools.combinations(held, t),
+        )
+        tried: set[tuple[int, ...]] = set()
+        for subset in candidates:
+            if len(tried) >= MAX_SUBSETS:
                 break
+            if len(subset) < t or subset in tried:
+                continue
+            tried.add(subset)
             try:
                 self._combine(v, {i: partials[i] for i in subset})
             except HEError:
@@ -400,22 +414,22 @@ class CkksBackend(HeBackend):
 
 def _after(charge: bool, state: Any, seconds: float, effects: list[Effect]) -> list[Effect]:
     """``effects`` once ``seconds`` of modelled computation have passed (virtual time with
-    ``charge``), else at once. The effects wait in ``state.held`` behind a ``he_compute``
+    ``charge``), else at once. The effects wait in ``state.held`` behind a ``he:compute``
     timer. A peer's computations are charged as delays side by side, not queued on one
-    CPU: an approximation that matters only when one peer runs several at once. Callers
-    put a ``Stop`` behind the effects it follows, and never hold effects of a stopped peer
-    (the runtime may drop its timers): those go out at once, uncharged."""
+    CPU: an approximation that matters only when one peer runs several at once. The timer's
+    ``:compute`` tag makes the runtime fire it even after the peer stopped; callers still
+    put a ``Stop`` behind the effects it follows, so a peer is done only when its work is."""
     if not charge or seconds <= 0 or not effects:
         return effects
     seq = state.compute_seq
     state.compute_seq += 1
     state.held[seq] = effects
-    return [SetTimer(seconds, "he_compute", seq)]
+    return [SetTimer(seconds, "he:compute", seq)]
 
 
 def _release(state: Any, event: Event) -> list[Effect] | None:
-    """The effects a ``he_compute`` timer releases, or None for any other event."""
-    if isinstance(event, TimerFired) and event.tag == "he_compute":
+    """The effects a ``he:compute`` timer releases, or None for any other event."""
+    if isinstance(event, TimerFired) and event.tag == "he:compute":
         return list(state.held.pop(event.round, []))
     return None
 
@@ -485,7 +499,13 @@ class HeFedAvg(Protocol[HeFedAvgState]):
         self.backend = backend
         self.params0 = np.array(params0, dtype=np.float32)
         self.timeout = timeout
-        self.quorum = max(1, math.ceil(min_fraction * num_clients - 1e-9))
+        if num_clients < MIN_GROUP:
+            raise ProtocolError(
+                f"he-fedavg needs at least {MIN_GROUP} clients: the sum of two reveals either "
+                "update to the other"
+            )
+        # never fewer than MIN_GROUP updates in a sum (a sum of one is that update)
+        self.quorum = max(MIN_GROUP, math.ceil(min_fraction * num_clients - 1e-9))
         self.epochs = epochs
         self.steps = steps
         self.charge = charge
@@ -588,9 +608,12 @@ class HeFedAvg(Protocol[HeFedAvgState]):
 
     def _close_round(self, state: HeFedAvgState) -> list[Effect]:
         blob, count, effects = self._sum(state)
-        if count == 0:
-            state.deadline_passed = True  # wait for (re-sent) updates that do add up
-            return effects
+        if count < MIN_GROUP:
+            # a sum of one is that update, and of two gives each its partner's: wait for
+            # more (the deadline re-sends to the silent clients)
+            state.deadline_passed = True
+            fields = {"round": state.round, "updates": count}
+            return [*effects, Emit("he_round_too_small", fields), self._timer(state)]
         state.aggregate = blob
         state.weight = sum(w for _, w in state.inbox.values())
         effects.append(Emit("round_aggregated", {"round": state.round, "clients": count}))
@@ -705,9 +728,7 @@ class HeFedAvg(Protocol[HeFedAvgState]):
             except HEError as exc:
                 return [Emit("he_aggregate_refused", {"round": msg.round, "reason": str(exc)})]
             send: list[Effect] = [Send(self.coordinator, HePartial(msg.round, _wire(part)))]
-            # a stopped peer's timers may be dropped: it answers at once, uncharged
-            charge = self.charge and not state.stopped
-            return _after(charge, state, self.backend.cost("partial", self.dim), send)
+            return _after(self.charge, state, self.backend.cost("partial", self.dim), send)
         try:
             mean = self.backend.decrypt(blob, msg.weight)
         except HEError as exc:
@@ -720,7 +741,12 @@ class HeFedAvg(Protocol[HeFedAvgState]):
         if agg is None or agg.round != msg.round or msg.round <= state.version:
             return []
         sizes = [int(s) for s in msg.sizes]
-        if len(sizes) != len(msg.holders) or sum(sizes) != msg.blob.size or min(sizes) < 0:
+        if (
+            not sizes
+            or len(sizes) != len(msg.holders)
+            or sum(sizes) != msg.blob.size
+            or min(sizes) < 0
+        ):
             return [Emit("he_partials_refused", {"round": msg.round, "reason": "bad sizes"})]
         raw, at, partials = bytes(msg.blob), 0, {}
         for holder, size in zip(msg.holders, sizes, strict=True):
@@ -927,8 +953,9 @@ class HeGossip(Protocol[HeGossipState]):
 
     with ``w_ij = round(W_ij * 1024)`` (the relative weights of the neighbours are those of
     the integers: exact for equal weights, such as a regular graph's Metropolis weights,
-    within 0.5/1024 of each ``W_ij`` otherwise). The relay serves peer ``i`` as soon as all
-    of ``i``'s in-neighbours sent round ``r``; at its deadline
+    within 0.5/1024 of each ``W_ij >= 1/1024`` otherwise; a smaller weight counts as
+    1/1024). The relay serves peer ``i`` as soon as all of ``i``'s in-neighbours sent
+    round ``r``; at its deadline
     (``timeout`` after the round's first share) it serves the rest with what arrived. A sum
     of fewer than ``MIN_SUMMANDS`` (2) neighbours is never sent — it would be one
     neighbour's model — so such a peer keeps its own model that round, as D-PSGD does for a

@@ -228,6 +228,9 @@ class SecureSettings:
     num_shares: int | None = None  # secagg; None: the whole group
     threshold: int | None = None  # secagg; None: ceil(2/3 num_shares)
     scope: str = "nbhd"
+    #: virtual time: a client's messages leave after the reference time of the crypto
+    #: that made them (:data:`SECURE_COSTS`)
+    charge: bool = False
 
     def group_policy(self, size: int) -> tuple[int, int]:
         """(num_shares, threshold) for a session of ``size`` clients.
@@ -242,6 +245,22 @@ class SecureSettings:
             t = max(t, MIN_GROUP)
         t = max(min(t, m), m // 2 + 1)
         return m, t
+
+
+#: Reference costs (seconds) of the client-side steps of a secure sum, for charging them in
+#: virtual time (``security.charge_compute``); measured on the project's reference machine
+#: (2-core Xeon, ``scripts/bench_secure.py``): AES-128-CTR mask/share expansion ~4.1 GB/s,
+#: fixed-point encoding ~10 ns a value, an X25519 key ~120 us, an X25519 agreement with its
+#: KDF ~130 us, a pycryptodome Shamir split ~34 us, an AES-OCB seal or open ~10 us. The
+#: aggregator's unmasking (one expansion per survivor, ~0.1 ms at d = 10^5) is not charged.
+SECURE_COSTS = {
+    "expand_byte": 1 / 4.1e9,
+    "encode_value": 1e-8,
+    "keygen": 1.2e-4,
+    "agree": 1.3e-4,
+    "split": 3.4e-5,
+    "seal": 1.0e-5,
+}
 
 
 @dataclass
@@ -262,6 +281,8 @@ class _ClientSession:
     #: request type -> (request, the answer sent): a repeated request gets the same answer
     #: (out of reprs: the answers carry released shares)
     answered: dict[str, tuple[Message, Message]] = field(default_factory=dict, repr=False)
+    #: request type -> the compute timer its answer waits behind (virtual-time charging)
+    computing: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -291,6 +312,8 @@ class SecureState:
     refused: int = 0
     aborted: int = 0
     clipped: int = 0
+    held: dict[int, list[Effect]] = field(default_factory=dict)  # effects awaiting compute
+    compute_seq: int = 0
 
 
 class SecureSum:
@@ -336,7 +359,9 @@ class SecureSum:
             return self._refuse(st, agg, rnd, "a second input to a session already joined")
         effects: list[Effect] = []
         ring = encoded.get(key) if encoded is not None else None
+        cost = 0.0
         if ring is None:
+            cost += self.dim * SECURE_COSTS["encode_value"]
             clipped = int(np.count_nonzero(np.abs(x) > self.fixed.clip))
             if clipped:
                 st.clipped += clipped
@@ -359,7 +384,31 @@ class SecureSum:
             client = SecAggClient(self.peer, self._spec(agg, rnd, clients), self.pair, st.rng)
             st.clients[(agg, rnd)] = _ClientSession(ring, client)
             msg = SaAdvert(agg, rnd, client.advertise())
-        return [*effects, Send(agg, msg)]
+            cost += SECURE_COSTS["keygen"]
+        return [*effects, *self._after(st, cost, [Send(agg, msg)])]
+
+    def _after(self, st: SecureState, seconds: float, effects: list[Effect]) -> list[Effect]:
+        """``effects`` once ``seconds`` of modelled computation have passed (when charging),
+        held behind a ``secure:compute`` timer; else at once."""
+        if not self.settings.charge or seconds <= 0 or not effects:
+            return effects
+        seq = st.compute_seq
+        st.compute_seq += 1
+        st.held[seq] = effects
+        return [SetTimer(seconds, "secure:compute", seq)]
+
+    def _cost(self, msg: Message, answer: Message) -> float:
+        """Reference seconds a client spends answering ``msg`` with ``answer``."""
+        c = SECURE_COSTS
+        expansion = self.dim * np.dtype(self.fixed.dtype).itemsize * c["expand_byte"]
+        if isinstance(answer, SaShares):
+            return 2 * c["split"] + len(answer.to) * c["seal"]
+        if isinstance(answer, SaMasked) and isinstance(msg, SaRouted):
+            k = len(msg.owners)
+            return k * (c["seal"] + c["agree"]) + (k + 1) * expansion
+        if isinstance(answer, SsShare) and isinstance(msg, SsReady):
+            return 2 * (len(msg.members) - 1) * expansion
+        return 0.0
 
     def _as_client(self, st: SecureState, sender: int, msg: Message) -> list[Effect]:
         agg, rnd = msg.agg, msg.round  # type: ignore[attr-defined]
@@ -368,14 +417,24 @@ class SecureSum:
         sess = st.clients.get((agg, rnd))
         if sess is None:
             return self._dropped(agg, rnd, "no session")
-        done = sess.answered.get(type(msg).__name__)
+        name = type(msg).__name__
+        done = sess.answered.get(name)
         if done is not None and _same(done[0], msg):
+            if sess.computing.get(name) in st.held:
+                return []  # the answer is still being computed: it goes out once, then
             return [Send(agg, done[1])]  # our answer was lost: the same answer again
         effects = self._answer(st, agg, rnd, sess, msg)
+        cost = 0.0
         for effect in effects:
             if isinstance(effect, Send):
-                sess.answered[type(msg).__name__] = (msg, effect.message)
-        return effects
+                sess.answered[name] = (msg, effect.message)
+                cost += self._cost(msg, effect.message)
+        sends: list[Effect] = [e for e in effects if isinstance(e, Send)]
+        rest = [e for e in effects if not isinstance(e, Send)]
+        held = self._after(st, cost, sends)
+        if held and isinstance(held[0], SetTimer):
+            sess.computing[name] = held[0].round
+        return rest + held
 
     def _answer(
         self, st: SecureState, agg: int, rnd: int, sess: _ClientSession, msg: Message
@@ -473,7 +532,10 @@ class SecureSum:
         return effects + more, result
 
     def on_event(self, st: SecureState, event: Event) -> tuple[list[Effect], SumResult | None]:
-        """Route a session message or a phase deadline; anything else is not for us."""
+        """Route a session message or a phase deadline (or release effects whose modelled
+        computation is over); anything else is not for us."""
+        if isinstance(event, TimerFired) and event.tag == "secure:compute":
+            return list(st.held.pop(event.round, [])), None
         if isinstance(event, MessageArrived) and _secure_event(event.message):
             return self.on_message(st, event.sender, event.message)
         if isinstance(event, TimerFired) and event.tag.startswith("secure:"):
@@ -951,6 +1013,9 @@ class SecureFedAvg(Protocol[SecureFedAvgState]):
                 effects, _ = self.secure.on_message(state.sec, event.sender, msg)
                 return state, effects
             return state, []
+        if isinstance(event, TimerFired):  # modelled computation of a session finished
+            effects, _ = self.secure.on_event(state.sec, event)
+            return state, effects
         if isinstance(event, TrainingDone) and state.training_round is not None:
             rnd, state.training_round = state.training_round, None
             if state.done:
@@ -1043,7 +1108,9 @@ def check_groups(sec: Any, groups: Mapping[int, Sequence[int]], *, scope: str) -
                 )
 
 
-def secure_settings(sec: Any, timeout: float, phase_timeout: float, scope: str) -> SecureSettings:
+def secure_settings(
+    sec: Any, timeout: float, phase_timeout: float, scope: str, *, charge: bool = False
+) -> SecureSettings:
     return SecureSettings(
         mode=sec.aggregation,
         fixed=FixedPoint.from_range(sec.clipping_range, sec.quantization_range, sec.modulus_range),
@@ -1053,4 +1120,5 @@ def secure_settings(sec: Any, timeout: float, phase_timeout: float, scope: str) 
         num_shares=sec.num_shares,
         threshold=sec.reconstruction_threshold,
         scope=scope,
+        charge=charge,
     )

@@ -21,7 +21,9 @@ protocol state machines and executes the effects they return:
   frame of a broadcast carries its own copy;
 * ``SetTimer`` schedules ``TimerFired``; ``Emit`` goes to the event log; ``Stop`` retires
   the peer from training. A stopped peer still receives frames (others may be mid-exchange
-  with it) but its timers and training completions are discarded.
+  with it) but its timers and training completions are discarded — except timers whose tag
+  ends with ``:compute``, which stand for modelled work in progress (an encryption whose
+  result is still to be sent) and fire whatever the peer's state.
 
 Ordering. Events are processed in ``(time, target, origin, origin_seq)`` order: ``origin``
 is the peer whose action scheduled the event (the sender of a frame, the peer itself for its
@@ -70,6 +72,7 @@ from p2pfed.crypto.links import LinkGuard
 from p2pfed.errors import FrameError, ProtocolError
 from p2pfed.protocol.codec import Codec, FrameSize
 from p2pfed.protocol.core import (
+    COMPUTE_SUFFIX,
     Effect,
     Emit,
     Event,
@@ -265,7 +268,7 @@ class PeerEngine:
                 self.now = t if self.clock is None else max(t, self.clock())
                 self.events += 1
                 self._on_frame(peer, payload)
-            elif not peer.done:
+            elif not peer.done or _work_in_progress(payload):
                 self.now = t if self.clock is None else max(t, self.clock())
                 self.events += 1
                 self._deliver(peer, payload)
@@ -420,3 +423,8 @@ def frame_totals(engines: Iterable[Mapping[str, int]]) -> dict[str, int]:
         for k in FRAME_COUNTERS:
             out[k] += counters[k]
     return out
+
+
+def _work_in_progress(event: Any) -> bool:
+    """A timer that models computation still running (see the module docstring)."""
+    return isinstance(event, TimerFired) and event.tag.endswith(COMPUTE_SUFFIX)
