@@ -509,32 +509,19 @@ def _he_protocol(world: World, peer: int, seed: int) -> Protocol[Any]:
     )
     # wall time pays for the crypto in real seconds; virtual time charges reference costs
     charge = cfg.security.charge_compute and cfg.time.mode == "virtual"
+    common: dict[str, Any] = {
+        "rounds": pcfg.rounds,
+        "seed": seed,
+        "backend": backend,
+        "params0": world.params0,
+        "timeout": pcfg.timeout,
+        "epochs": tcfg.local_epochs,
+        "steps": tcfg.local_steps,
+        "charge": charge,
+    }
     if pcfg.kind == "dpsgd":
-        return HeGossip(
-            peer,
-            world.schedule,
-            rounds=pcfg.rounds,
-            seed=seed,
-            backend=backend,
-            params0=world.params0,
-            timeout=pcfg.timeout,
-            epochs=tcfg.local_epochs,
-            steps=tcfg.local_steps,
-            charge=charge,
-        )
-    return HeFedAvg(
-        peer,
-        world.num_peers,
-        rounds=pcfg.rounds,
-        seed=seed,
-        backend=backend,
-        params0=world.params0,
-        timeout=pcfg.timeout,
-        min_fraction=pcfg.min_fraction,
-        epochs=tcfg.local_epochs,
-        steps=tcfg.local_steps,
-        charge=charge,
-    )
+        return HeGossip(peer, world.schedule, **common)
+    return HeFedAvg(peer, world.num_peers, min_fraction=pcfg.min_fraction, **common)
 
 
 def build_evaluator(world: World, device: str) -> Evaluator:
