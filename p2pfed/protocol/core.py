@@ -143,6 +143,46 @@ class Stop:
 Effect = Send | Train | SetTimer | Emit | Stop
 
 
+@dataclass
+class Busy:
+    """Effects held back while a peer's modelled computation runs (virtual time charging
+    the reference cost of, say, an encryption before its result leaves).
+
+    :meth:`after` parks effects behind a timer tagged ``tag`` (which must end with
+    :data:`COMPUTE_SUFFIX`, so the runtime fires it even after the peer stopped: the work
+    was under way) and :meth:`release` hands them back when it fires. A peer's computations
+    are charged as delays side by side, not queued on one CPU: an approximation that matters
+    only when one peer runs several at once. Callers put a ``Stop`` behind the effects it
+    follows, so a peer is done only when its work is."""
+
+    tag: str
+    held: dict[int, list[Effect]] = field(default_factory=dict)
+    seq: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.tag.endswith(COMPUTE_SUFFIX):
+            raise ValueError(f"a compute timer's tag ends with {COMPUTE_SUFFIX!r}: {self.tag!r}")
+
+    def after(self, seconds: float, effects: list[Effect], *, charge: bool = True) -> list[Effect]:
+        """``effects`` once ``seconds`` have passed (when ``charge``), else at once."""
+        if not charge or seconds <= 0 or not effects:
+            return effects
+        key = self.seq
+        self.seq += 1
+        self.held[key] = effects
+        return [SetTimer(seconds, self.tag, key)]
+
+    def release(self, event: Event) -> list[Effect] | None:
+        """The effects a timer of this queue releases, or None for any other event."""
+        if isinstance(event, TimerFired) and event.tag == self.tag:
+            return list(self.held.pop(event.round, []))
+        return None
+
+    def pending(self, key: int) -> bool:
+        """Whether the effects behind timer ``key`` are still held."""
+        return key in self.held
+
+
 # --- the protocol interface ---------------------------------------------------------------
 
 S = TypeVar("S")

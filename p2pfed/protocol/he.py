@@ -76,6 +76,7 @@ from p2pfed.crypto.config import MIN_GROUP
 from p2pfed.crypto.he import HEError
 from p2pfed.errors import ProtocolError
 from p2pfed.protocol.core import (
+    Busy,
     Effect,
     Emit,
     Event,
@@ -412,28 +413,6 @@ class CkksBackend(HeBackend):
         raise HEError("ckks has no threshold decryption")
 
 
-def _after(charge: bool, state: Any, seconds: float, effects: list[Effect]) -> list[Effect]:
-    """``effects`` once ``seconds`` of modelled computation have passed (virtual time with
-    ``charge``), else at once. The effects wait in ``state.held`` behind a ``he:compute``
-    timer. A peer's computations are charged as delays side by side, not queued on one
-    CPU: an approximation that matters only when one peer runs several at once. The timer's
-    ``:compute`` tag makes the runtime fire it even after the peer stopped; callers still
-    put a ``Stop`` behind the effects it follows, so a peer is done only when its work is."""
-    if not charge or seconds <= 0 or not effects:
-        return effects
-    seq = state.compute_seq
-    state.compute_seq += 1
-    state.held[seq] = effects
-    return [SetTimer(seconds, "he:compute", seq)]
-
-
-def _release(state: Any, event: Event) -> list[Effect] | None:
-    """The effects a ``he:compute`` timer releases, or None for any other event."""
-    if isinstance(event, TimerFired) and event.tag == "he:compute":
-        return list(state.held.pop(event.round, []))
-    return None
-
-
 # --- the protocol ---------------------------------------------------------------------------
 
 
@@ -458,9 +437,8 @@ class HeFedAvgState:
     training_round: int | None = None
     sent: HeUpdate | None = None  # the latest update, for re-sends
     waiting: HeAggregate | None = None  # threshold: the aggregate awaiting partials
-    # both: effects waiting for modelled computation to finish (see _after)
-    held: dict[int, list[Effect]] = field(default_factory=dict)
-    compute_seq: int = 0
+    # both: effects waiting for modelled computation to finish
+    busy: Busy = field(default_factory=lambda: Busy("he:compute"))
 
 
 class HeFedAvg(Protocol[HeFedAvgState]):
@@ -528,7 +506,7 @@ class HeFedAvg(Protocol[HeFedAvgState]):
         return state.round
 
     def on_event(self, state: HeFedAvgState, event: Event) -> tuple[HeFedAvgState, list[Effect]]:
-        released = _release(state, event)
+        released = state.busy.release(event)
         if released is not None:
             return state, released
         if self.is_coordinator:
@@ -631,9 +609,8 @@ class HeFedAvg(Protocol[HeFedAvgState]):
             out.append(Stop())
         else:
             out.append(self._timer(state))
-        return effects + _after(
-            self.charge, state, self.backend.cost("aggregate", self.dim, count), out
-        )
+        cost = self.backend.cost("aggregate", self.dim, count)
+        return effects + state.busy.after(cost, out, charge=self.charge)
 
     def _on_partial(self, state: HeFedAvgState, sender: int, msg: HePartial) -> list[Effect]:
         t = self.backend.threshold
@@ -672,7 +649,9 @@ class HeFedAvg(Protocol[HeFedAvgState]):
         else:
             effects.append(self._timer(state))
         t = len(chosen)  # the check combined them once
-        return _after(self.charge, state, self.backend.cost("combine", self.dim, t), effects)
+        return state.busy.after(
+            self.backend.cost("combine", self.dim, t), effects, charge=self.charge
+        )
 
     def _on_deadline(self, state: HeFedAvgState, event: TimerFired) -> list[Effect]:
         if event.round != state.round or state.done:
@@ -728,13 +707,15 @@ class HeFedAvg(Protocol[HeFedAvgState]):
             except HEError as exc:
                 return [Emit("he_aggregate_refused", {"round": msg.round, "reason": str(exc)})]
             send: list[Effect] = [Send(self.coordinator, HePartial(msg.round, _wire(part)))]
-            return _after(self.charge, state, self.backend.cost("partial", self.dim), send)
+            return state.busy.after(
+                self.backend.cost("partial", self.dim), send, charge=self.charge
+            )
         try:
             mean = self.backend.decrypt(blob, msg.weight)
         except HEError as exc:
             return [Emit("he_aggregate_refused", {"round": msg.round, "reason": str(exc)})]
         adopted = self._adopt(state, msg.round, self.params0 + mean, final=msg.final)
-        return _after(self.charge, state, self.backend.cost("decrypt", self.dim), adopted)
+        return state.busy.after(self.backend.cost("decrypt", self.dim), adopted, charge=self.charge)
 
     def _on_partials(self, state: HeFedAvgState, msg: HePartials) -> list[Effect]:
         agg = state.waiting
@@ -759,7 +740,7 @@ class HeFedAvg(Protocol[HeFedAvgState]):
         state.waiting = None
         adopted = self._adopt(state, msg.round, self.params0 + mean, final=agg.final)
         cost = self.backend.cost("combine", self.dim, len(partials))
-        return _after(self.charge, state, cost, adopted)
+        return state.busy.after(cost, adopted, charge=self.charge)
 
     def _adopt(
         self, state: HeFedAvgState, rnd: int, params: np.ndarray, *, final: bool
@@ -805,7 +786,7 @@ class HeFedAvg(Protocol[HeFedAvgState]):
             # Stop goes after the update, which may wait for its modelled encryption
             state.stopped = True
             out.append(Stop())
-        effects = _after(self.charge, state, self.backend.cost("encrypt", self.dim), out)
+        effects = state.busy.after(self.backend.cost("encrypt", self.dim), out, charge=self.charge)
         if clipped:
             effects.append(Emit("he_input_clipped", {"round": rnd, "values": clipped}))
         return effects
@@ -933,8 +914,7 @@ class HeGossipState:
     served: dict[int, set[int]] = field(default_factory=dict)  # round -> aggregators served
     timed_out: set[int] = field(default_factory=set)  # rounds whose deadline passed
     done: bool = False
-    held: dict[int, list[Effect]] = field(default_factory=dict)  # see _after
-    compute_seq: int = 0
+    busy: Busy = field(default_factory=lambda: Busy("he:compute"))
 
 
 class HeGossip(Protocol[HeGossipState]):
@@ -1020,7 +1000,7 @@ class HeGossip(Protocol[HeGossipState]):
         return state.round
 
     def on_event(self, state: HeGossipState, event: Event) -> tuple[HeGossipState, list[Effect]]:
-        released = _release(state, event)
+        released = state.busy.release(event)
         if released is not None:
             return state, released
         if self.peer == self.relay:
@@ -1081,7 +1061,7 @@ class HeGossip(Protocol[HeGossipState]):
                 continue
             out = HeNeighbourSum(r, np.array(included, dtype=np.int64), sum(ws), _wire(blob))
             cost = self.backend.cost("aggregate", self.dim, len(included))
-            effects += _after(self.charge, state, cost, [Send(i, out)])
+            effects += state.busy.after(cost, [Send(i, out)], charge=self.charge)
         if len(served) == self.n:
             state.shares.pop(r, None)  # every peer has its sum: the ciphertexts can go
             if r == self.rounds - 1 and not state.done:
@@ -1089,7 +1069,7 @@ class HeGossip(Protocol[HeGossipState]):
                 # after the last sums, which may wait for their modelled aggregation
                 most = max(len(topo.in_neighbours(i)) for i in range(self.n))
                 last = self.backend.cost("aggregate", self.dim, most) + 1e-6
-                effects += _after(self.charge, state, last, [Stop()])
+                effects += state.busy.after(last, [Stop()], charge=self.charge)
         return effects
 
     # -- peer --------------------------------------------------------------------------------
@@ -1133,7 +1113,9 @@ class HeGossip(Protocol[HeGossipState]):
             effects.append(Emit("he_update_refused", {"round": state.round, "reason": str(exc)}))
         else:
             send: list[Effect] = [Send(self.relay, HeShare(state.round, _wire(blob)))]
-            effects += _after(self.charge, state, self.backend.cost("encrypt", self.dim), send)
+            effects += state.busy.after(
+                self.backend.cost("encrypt", self.dim), send, charge=self.charge
+            )
             if clipped:
                 effects.append(Emit("he_input_clipped", {"round": state.round, "values": clipped}))
         effects.append(SetTimer(2 * self.timeout, "he_sum_timeout", state.round))
@@ -1186,4 +1168,4 @@ class HeGossip(Protocol[HeGossipState]):
             state.phase = "training"
             then = [self._train(state)]
         cost = self.backend.cost("decrypt", self.dim) if mean is not None else 0.0
-        return effects + _after(self.charge, state, cost, then)
+        return effects + state.busy.after(cost, then, charge=self.charge)

@@ -82,6 +82,7 @@ from p2pfed.crypto.secagg import (
 )
 from p2pfed.errors import ProtocolError
 from p2pfed.protocol.core import (
+    Busy,
     Effect,
     Emit,
     Event,
@@ -312,8 +313,7 @@ class SecureState:
     refused: int = 0
     aborted: int = 0
     clipped: int = 0
-    held: dict[int, list[Effect]] = field(default_factory=dict)  # effects awaiting compute
-    compute_seq: int = 0
+    busy: Busy = field(default_factory=lambda: Busy("secure:compute"))  # modelled crypto
 
 
 class SecureSum:
@@ -388,14 +388,9 @@ class SecureSum:
         return [*effects, *self._after(st, cost, [Send(agg, msg)])]
 
     def _after(self, st: SecureState, seconds: float, effects: list[Effect]) -> list[Effect]:
-        """``effects`` once ``seconds`` of modelled computation have passed (when charging),
-        held behind a ``secure:compute`` timer; else at once."""
-        if not self.settings.charge or seconds <= 0 or not effects:
-            return effects
-        seq = st.compute_seq
-        st.compute_seq += 1
-        st.held[seq] = effects
-        return [SetTimer(seconds, "secure:compute", seq)]
+        """``effects`` once ``seconds`` of modelled computation have passed (when charging,
+        see :class:`~p2pfed.protocol.core.Busy`); else at once."""
+        return st.busy.after(seconds, effects, charge=self.settings.charge)
 
     def _cost(self, msg: Message, answer: Message) -> float:
         """Reference seconds a client spends answering ``msg`` with ``answer``."""
@@ -420,7 +415,8 @@ class SecureSum:
         name = type(msg).__name__
         done = sess.answered.get(name)
         if done is not None and _same(done[0], msg):
-            if sess.computing.get(name) in st.held:
+            key = sess.computing.get(name)
+            if key is not None and st.busy.pending(key):
                 return []  # the answer is still being computed: it goes out once, then
             return [Send(agg, done[1])]  # our answer was lost: the same answer again
         effects = self._answer(st, agg, rnd, sess, msg)
@@ -534,8 +530,9 @@ class SecureSum:
     def on_event(self, st: SecureState, event: Event) -> tuple[list[Effect], SumResult | None]:
         """Route a session message or a phase deadline (or release effects whose modelled
         computation is over); anything else is not for us."""
-        if isinstance(event, TimerFired) and event.tag == "secure:compute":
-            return list(st.held.pop(event.round, [])), None
+        released = st.busy.release(event)
+        if released is not None:
+            return released, None
         if isinstance(event, MessageArrived) and _secure_event(event.message):
             return self.on_message(st, event.sender, event.message)
         if isinstance(event, TimerFired) and event.tag.startswith("secure:"):
