@@ -35,6 +35,7 @@ from p2pfed.data import DataConfig, PartitionConfig
 from p2pfed.errors import ConfigError
 from p2pfed.fields import Real
 from p2pfed.models import ModelConfig
+from p2pfed.privacy.dp import DPConfig
 from p2pfed.timing import NetworkConfig, TimeConfig
 from p2pfed.topology import TopologySpec
 from p2pfed.training import TrainingConfig
@@ -241,6 +242,7 @@ class ExperimentConfig(BaseModel):
     time: TimeConfig = TimeConfig()
     network: NetworkConfig = NetworkConfig()
     security: SecurityConfig = SecurityConfig()
+    dp: DPConfig = DPConfig()
     eval: EvalConfig = EvalConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     output: OutputConfig = OutputConfig()

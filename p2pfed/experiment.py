@@ -45,6 +45,7 @@ from p2pfed.crypto.secagg import pair_key_directory, pair_keys, pair_seed
 from p2pfed.data import Dataset, label_histograms, load_dataset, partition
 from p2pfed.errors import ConfigError, DataError, ModelError, ProtocolError, TopologyError
 from p2pfed.models import build_model, get_flat
+from p2pfed.privacy.accountant import gaussian_epsilon
 from p2pfed.progress import ProgressReporter
 from p2pfed.protocol import FED_PROTOCOLS, PROTOCOLS, Codec, build_fed_protocol, build_protocol
 from p2pfed.protocol.core import Message, Protocol
@@ -435,6 +436,7 @@ def build_peers(world: World, ids: Sequence[int], device: str) -> list[PeerSlot]
                 tcfg,
                 np.random.default_rng(train_seed),
                 device=device,
+                dp=config.dp,
             )
         with _section("protocol"):
             protocol = _protocol(world, i, _int_seed(protocol_seed))
@@ -889,9 +891,29 @@ def _summary(
         "frames_rejected": recorder.rejected,
         "frames_rejected_by_reason": dict(sorted(recorder.rejected_by_reason.items())),
         "protocol_events": counters,
+        "privacy": _privacy(cfg, peers),
         "diverged_peers": [p.id for p in peers if p.diverged],
         "warnings": _warnings(cfg, reports, counters, recorder.rejected_by_reason),
         **runtime.describe(),
+    }
+
+
+def _privacy(cfg: ExperimentConfig, peers: Sequence[PeerReport]) -> dict[str, Any]:
+    """Each peer's differential-privacy budget spent: every local training's result is a
+    Gaussian release (a conservative count: a result a protocol drops still counts)."""
+    dp = cfg.dp
+    if not dp.enabled:
+        return {"dp": False}
+    eps = [round(gaussian_epsilon(dp.noise_multiplier, p.trainings, dp.delta), 4) for p in peers]
+    return {
+        "dp": True,
+        "clip": dp.clip,
+        "noise_multiplier": dp.noise_multiplier,
+        "delta": dp.delta,
+        "releases": [p.trainings for p in peers],
+        "epsilon": eps,
+        "epsilon_max": max(eps, default=0.0),
+        "accountant": "RDP of the composed Gaussian, improved conversion (p2pfed.privacy)",
     }
 
 

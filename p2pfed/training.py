@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 from p2pfed.fields import Real
 from p2pfed.models import FlatParams
+from p2pfed.privacy.dp import DPConfig, privatize
 
 
 class TrainingConfig(BaseModel):
@@ -78,6 +79,7 @@ class LocalTrainer:
         cfg: TrainingConfig,
         rng: np.random.Generator,
         device: str = "cpu",
+        dp: DPConfig | None = None,
     ):
         if len(x) == 0:
             raise ValueError("a peer needs at least one training sample")
@@ -87,6 +89,7 @@ class LocalTrainer:
         self._x = torch.as_tensor(x, dtype=torch.float32, device=device)  # (N, F)
         self._y = torch.as_tensor(y, dtype=torch.int64, device=device)  # (N,)
         self.cfg = cfg
+        self.dp = dp if dp is not None and dp.enabled else None
         self._rng = rng
         self._order = torch.empty(0, dtype=torch.int64)
         self._pos = 0
@@ -143,7 +146,12 @@ class LocalTrainer:
                 total += loss.detach() * len(idx)
             seen += len(idx)
         mean_loss = float(total) / max(seen, 1)
-        return TrainResult(params=self.flat.get(), loss=mean_loss, samples=seen)
+        trained = self.flat.get()
+        dp = self.dp
+        if dp is not None and dp.clip is not None:
+            # the DP stage: what leaves this peer is the clipped, noised update
+            trained, _ = privatize(params, trained, dp.clip, dp.noise_multiplier, self._rng)
+        return TrainResult(params=trained, loss=mean_loss, samples=seen)
 
 
 @dataclass(frozen=True)

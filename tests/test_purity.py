@@ -12,7 +12,17 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "p2pfed"
-PURE = ["topology", "protocol", "data", "models", "timing.py", "training.py", "errors.py"]
+PURE = [
+    "topology",
+    "protocol",
+    "data",
+    "models",
+    "crypto",
+    "privacy",
+    "timing.py",
+    "training.py",
+    "errors.py",
+]
 FORBIDDEN = {"ray", "time", "datetime", "random"}
 # sans-IO protocols hold numpy vectors only; torch belongs to the trainer
 NO_TORCH = ["protocol", "topology", "timing.py"]

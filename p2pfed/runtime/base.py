@@ -38,6 +38,7 @@ class PeerSlot:
     training: bool = False
     last_loss: float = math.nan
     samples_trained: int = 0
+    trainings: int = 0  # local trainings run (each result is a release under DP)
     diverged: bool = False  # a training run returned a non-finite loss
     counters: dict[str, int] = field(default_factory=dict)
 
@@ -51,6 +52,7 @@ class PeerReport:
     counters: dict[str, int]
     diverged: bool
     done: bool
+    trainings: int = 0
 
     @classmethod
     def of(cls, slot: PeerSlot) -> PeerReport:
@@ -60,6 +62,7 @@ class PeerReport:
             dict(slot.counters),
             slot.diverged,
             slot.done,
+            slot.trainings,
         )
 
 

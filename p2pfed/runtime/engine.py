@@ -304,6 +304,7 @@ class PeerEngine:
             base = np.array(effect.params, dtype=np.float32)
             result = peer.trainer.train(base, epochs=effect.epochs, steps=effect.steps)
             peer.training = True
+            peer.trainings += 1
             done = TrainingDone(result.params, base, result.loss, result.samples)
             if self.clock is None:
                 at = self.now + self.cost.train_time(peer.id, result.samples)
