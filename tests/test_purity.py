@@ -19,6 +19,7 @@ PURE = [
     "models",
     "crypto",
     "privacy",
+    "attacks",
     "timing.py",
     "training.py",
     "errors.py",
