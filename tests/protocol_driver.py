@@ -8,6 +8,7 @@ and consensus can be checked exactly.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,7 @@ from p2pfed.protocol import (
     Effect,
     Emit,
     Event,
+    Message,
     MessageArrived,
     Protocol,
     Send,
@@ -29,6 +31,7 @@ from p2pfed.protocol import (
     TrainingDone,
 )
 from p2pfed.protocol.codec import Codec
+from p2pfed.protocol.core import COMPUTE_SUFFIX
 
 
 @dataclass
@@ -103,3 +106,66 @@ class Driver:
 
     def models(self) -> np.ndarray:
         return np.stack([p.model(s) for p, s in zip(self.protocols, self.states, strict=True)])
+
+
+DropRule = Callable[[int, int, Message], bool]
+
+
+def _never(src: int, dst: int, msg: Message) -> bool:
+    return False
+
+
+@dataclass
+class RecordingDriver(Driver):
+    """The driver, plus: per-peer sample counts (the base reports 1), a record of every
+    effect, and a rule that loses chosen messages (the sender sent them; nobody gets them).
+    Deadlines fire only when a test fires them; modelled computation (``...:compute``
+    timers) ends like any other event."""
+
+    samples: dict[int, int] = field(default_factory=dict)
+    drop: DropRule = _never
+    effects: list[tuple[int, Effect]] = field(default_factory=list)
+    lost: list[tuple[int, int, Message]] = field(default_factory=list)
+
+    def _execute(self, peer: int, eff: Effect) -> None:
+        self.effects.append((peer, eff))
+        if isinstance(eff, Send) and self.drop(peer, eff.to, eff.message):
+            self.lost.append((peer, eff.to, eff.message))
+            return
+        super()._execute(peer, eff)
+        if isinstance(eff, Train) and peer in self.samples:
+            target, done = self.pending[-1]
+            assert isinstance(done, TrainingDone)
+            self.pending[-1] = (target, dataclasses.replace(done, samples=self.samples[peer]))
+
+    def settle(self, hold: Callable[[int, Event], bool] = lambda peer, ev: False) -> None:
+        """Deliver everything but deadlines (and events ``hold`` keeps back), in order,
+        until nothing else is pending."""
+        while True:
+            live = [
+                k
+                for k, (p, ev) in enumerate(self.pending)
+                if (not isinstance(ev, TimerFired) or ev.tag.endswith(COMPUTE_SUFFIX))
+                and not hold(p, ev)
+            ]
+            if not live:
+                return
+            self.step(live[0])
+
+    def sends(self, src: int, cls: type[Message]) -> list[tuple[int, Any]]:
+        return [
+            (e.to, e.message)
+            for p, e in self.effects
+            if p == src and isinstance(e, Send) and isinstance(e.message, cls)
+        ]
+
+    def emits(self, name: str, peer: int | None = None) -> list[dict[str, Any]]:
+        return [
+            e.fields
+            for p, e in self.effects
+            if isinstance(e, Emit) and e.name == name and peer in (None, p)
+        ]
+
+    def trains(self, peer: int) -> list[np.ndarray]:
+        """The models ``peer`` started each training from."""
+        return [e.params for p, e in self.effects if p == peer and isinstance(e, Train)]

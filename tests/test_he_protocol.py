@@ -8,8 +8,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import types
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ from p2pfed.protocol.he import (
 )
 from p2pfed.runtime.base import PeerSlot
 from tests.conftest import small_config
-from tests.protocol_driver import Driver
+from tests.protocol_driver import DropRule, RecordingDriver, _never
 
 # --- 1. settings refused before any peer starts, and what auto resolves to --------------------
 
@@ -545,47 +545,9 @@ def other_keys() -> HeKeys:
     return _keys("group", seed=1)
 
 
-DropRule = Callable[[int, int, Message], bool]
-
-
-def _never(src: int, dst: int, msg: Message) -> bool:
-    return False
-
-
-@dataclass
-class HeDriver(Driver):
-    """The protocol driver, plus: per-client sample counts, a record of every effect, and a
-    rule that loses chosen messages. Deadlines fire only when a test fires them."""
-
-    samples: dict[int, int] = field(default_factory=dict)
-    drop: DropRule = _never
-    effects: list[tuple[int, Effect]] = field(default_factory=list)
-    lost: list[tuple[int, int, Message]] = field(default_factory=list)
-
-    def _execute(self, peer: int, eff: Effect) -> None:
-        self.effects.append((peer, eff))
-        if isinstance(eff, Send) and self.drop(peer, eff.to, eff.message):
-            self.lost.append((peer, eff.to, eff.message))
-            return
-        super()._execute(peer, eff)
-        if isinstance(eff, Train) and peer in self.samples:
-            target, done = self.pending[-1]
-            assert isinstance(done, TrainingDone)
-            self.pending[-1] = (target, dataclasses.replace(done, samples=self.samples[peer]))
-
-    def settle(self, hold: Callable[[int, Event], bool] = lambda peer, ev: False) -> None:
-        """Deliver everything but deadlines (and events ``hold`` keeps back), in order,
-        until nothing else is pending. Modelled computation (``he:compute`` timers) ends
-        like any other event: it is no deadline."""
-        while True:
-            live = [
-                k
-                for k, (p, ev) in enumerate(self.pending)
-                if (not isinstance(ev, TimerFired) or ev.tag == "he:compute") and not hold(p, ev)
-            ]
-            if not live:
-                return
-            self.step(live[0])
+class HeDriver(RecordingDriver):
+    """The recording driver (per-client sample counts, every effect, lost messages), plus
+    the coordinator's deadlines."""
 
     def timers(self, peer: int = COORD) -> list[TimerFired]:
         return [
@@ -613,24 +575,6 @@ class HeDriver(Driver):
         """Remove ``peer``'s first pending event of type ``cls`` (to deliver it later)."""
         k = next(k for k, (p, ev) in enumerate(self.pending) if p == peer and isinstance(ev, cls))
         return self.pending.pop(k)[1]
-
-    def sends(self, src: int, cls: type[Message]) -> list[tuple[int, Any]]:
-        return [
-            (e.to, e.message)
-            for p, e in self.effects
-            if p == src and isinstance(e, Send) and isinstance(e.message, cls)
-        ]
-
-    def emits(self, name: str, peer: int | None = None) -> list[dict[str, Any]]:
-        return [
-            e.fields
-            for p, e in self.effects
-            if isinstance(e, Emit) and e.name == name and peer in (None, p)
-        ]
-
-    def trains(self, peer: int) -> list[np.ndarray]:
-        """The models ``peer`` started each training from."""
-        return [e.params for p, e in self.effects if p == peer and isinstance(e, Train)]
 
     def stops(self, peer: int) -> int:
         return sum(1 for p, e in self.effects if p == peer and isinstance(e, Stop))

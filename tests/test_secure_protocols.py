@@ -30,7 +30,6 @@ from p2pfed.protocol import (
     Send,
     SetTimer,
     TimerFired,
-    Train,
     TrainingDone,
 )
 from p2pfed.protocol.fed import GlobalModel
@@ -54,7 +53,7 @@ from p2pfed.protocol.secure import (
 )
 from p2pfed.topology import StaticSchedule, Topology, TopologySpec, build_topology
 from tests.conftest import small_config
-from tests.protocol_driver import Driver
+from tests.protocol_driver import DropRule, RecordingDriver
 
 C, Q = 8.0, 2**22  # clipping_range and quantization_range (the defaults): step 2C/Q
 STEP = 2 * C / Q
@@ -421,38 +420,10 @@ def secure_sums(
     ]
 
 
-DropRule = Callable[[int, int, Message], bool]
-
-
 @dataclass
-class SecureDriver(Driver):
-    """The protocol driver, plus: per-client sample counts (the base reports 1), a record of
-    every effect, and a rule that loses chosen messages (the sender sent them; nobody gets
-    them). Phase deadlines fire only when a test fires them (:meth:`fire`)."""
-
-    samples: dict[int, int] = field(default_factory=dict)
-    drop: DropRule = lambda src, dst, msg: False
-    effects: list[tuple[int, Effect]] = field(default_factory=list)
-    lost: list[tuple[int, int, Message]] = field(default_factory=list)
-
-    def _execute(self, peer: int, eff: Effect) -> None:
-        self.effects.append((peer, eff))
-        if isinstance(eff, Send) and self.drop(peer, eff.to, eff.message):
-            self.lost.append((peer, eff.to, eff.message))
-            return
-        super()._execute(peer, eff)
-        if isinstance(eff, Train) and peer in self.samples:
-            target, done = self.pending[-1]
-            assert isinstance(done, TrainingDone)
-            self.pending[-1] = (target, dataclasses.replace(done, samples=self.samples[peer]))
-
-    def settle(self) -> None:
-        """Deliver everything but timers, in order, until nothing else is pending."""
-        while True:
-            live = [k for k, (_, ev) in enumerate(self.pending) if not isinstance(ev, TimerFired)]
-            if not live:
-                return
-            self.step(live[0])
+class SecureDriver(RecordingDriver):
+    """The recording driver (per-client sample counts, every effect, lost messages), plus
+    the sessions' phase deadlines (:meth:`fire`)."""
 
     def fire(self, peer: int, phase: str, rnd: int) -> None:
         """The deadline of ``peer``'s session phase in round ``rnd`` passes (once)."""
@@ -475,24 +446,6 @@ class SecureDriver(Driver):
         self.settle()
         self.fire(peer, phase, rnd)
         return again
-
-    def sends(self, src: int, cls: type[Message]) -> list[tuple[int, Any]]:
-        return [
-            (e.to, e.message)
-            for p, e in self.effects
-            if p == src and isinstance(e, Send) and isinstance(e.message, cls)
-        ]
-
-    def emits(self, name: str, peer: int | None = None) -> list[dict[str, Any]]:
-        return [
-            e.fields
-            for p, e in self.effects
-            if isinstance(e, Emit) and e.name == name and peer in (None, p)
-        ]
-
-    def trains(self, peer: int) -> list[np.ndarray]:
-        """The models ``peer`` started each training from (its model after each round)."""
-        return [e.params for p, e in self.effects if p == peer and isinstance(e, Train)]
 
 
 def drop_from(
