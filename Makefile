@@ -18,7 +18,7 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet $(TORCH_PIN)
-	$(BIN)/pip install --quiet -e ".[dev,he]"
+	$(BIN)/pip install --quiet -e ".[dev,he,dp]"
 	touch $(STAMP)
 
 install: $(STAMP)

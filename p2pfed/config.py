@@ -30,6 +30,7 @@ from pydantic import (
     model_validator,
 )
 
+from p2pfed.adversary.config import AdversaryConfig
 from p2pfed.crypto.config import SecurityConfig
 from p2pfed.data import DataConfig, PartitionConfig
 from p2pfed.errors import ConfigError
@@ -246,6 +247,9 @@ class ExperimentConfig(BaseModel):
     eval: EvalConfig = EvalConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     output: OutputConfig = OutputConfig()
+    adversaries: list[AdversaryConfig] = Field(
+        default_factory=list, description="who watches the run (p2pfed.adversary)"
+    )
 
     @model_validator(mode="after")
     def _cross_section(self) -> ExperimentConfig:
@@ -300,6 +304,16 @@ class ExperimentConfig(BaseModel):
         for peer in self.time.slowdown:
             if peer >= n:
                 raise ValueError(f"time.slowdown names peer {peer}, but the topology has {n}")
+        for k, adv in enumerate(self.adversaries):
+            try:
+                adv.check_peers(n, self.has_coordinator)
+            except ValueError as exc:
+                raise ValueError(f"adversaries[{k}]: {exc}") from None
+            if adv.active is not None and self.protocol.kind != "dpsgd":
+                raise ValueError(
+                    f"adversaries[{k}]: the active attack replaces a D-PSGD share (protocol.kind "
+                    f"dpsgd), not a {self.protocol.kind} message"
+                )
         return self
 
     @property

@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from p2pfed.adversary import AdversaryConfig, FrameLog
+from p2pfed.adversary.active import ActiveRelease, active_candidates, active_seed
 from p2pfed.config import (
     DEFAULT_SOURCE,
     ExperimentConfig,
@@ -40,12 +42,13 @@ from p2pfed.config import (
     config_from_mapping,
     load_config,
 )
+from p2pfed.crypto.fixedpoint import FixedPoint
 from p2pfed.crypto.links import link_guard
 from p2pfed.crypto.secagg import pair_key_directory, pair_keys, pair_seed
 from p2pfed.data import Dataset, label_histograms, load_dataset, partition
 from p2pfed.errors import ConfigError, DataError, ModelError, ProtocolError, TopologyError
 from p2pfed.models import build_model, get_flat
-from p2pfed.privacy.accountant import gaussian_epsilon
+from p2pfed.privacy.accountant import gaussian_epsilon, sampled_gaussian_epsilon
 from p2pfed.progress import ProgressReporter
 from p2pfed.protocol import FED_PROTOCOLS, PROTOCOLS, Codec, build_fed_protocol, build_protocol
 from p2pfed.protocol.core import Message, Protocol
@@ -88,6 +91,7 @@ _STREAMS = (
     "eval",
     "keys",
     "he",
+    "adversary",
 )
 # msgpack envelope and field names around a model vector, for timeout estimates only
 _FRAME_OVERHEAD = 128
@@ -438,10 +442,27 @@ def build_peers(world: World, ids: Sequence[int], device: str) -> list[PeerSlot]
                 device=device,
                 dp=config.dp,
             )
+        trainer.release = _active_release(world, i, trainer)
         with _section("protocol"):
             protocol = _protocol(world, i, _int_seed(protocol_seed))
         peers.append(PeerSlot(i, protocol, protocol.initial_state(world.params0), trainer))
     return peers
+
+
+def _active_release(world: World, peer: int, trainer: LocalTrainer) -> ActiveRelease | None:
+    """The release hook of a curious peer running the active attack, if ``peer`` is one."""
+    for index, adv in enumerate(world.config.adversaries):
+        if adv.role == "curious_peer" and adv.peer == peer and adv.active is not None:
+            cands = active_candidates(
+                adv.active,
+                peer,
+                world.schedule,
+                world.dataset,
+                world.shards,
+                active_seed(_streams(world.config.seed)["adversary"], index),
+            )
+            return ActiveRelease(adv.active, trainer.model, cands)
+    return None
 
 
 def _protocol(world: World, peer: int, seed: int) -> Protocol[Any]:
@@ -643,6 +664,7 @@ RUN_FILES = (
     "edges.csv",
     "label_histograms.json",
     "summary.json",
+    "attacks.json",
 )
 
 
@@ -659,6 +681,8 @@ def _run_dir(config: ExperimentConfig, out: str | Path | None, overwrite: bool) 
                 )
             for f in RUN_FILES:
                 (path / f).unlink(missing_ok=True)
+            for png in path.glob("attack-*.png"):
+                png.unlink()
         return path
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     base = Path("runs") / f"{config.name}-{stamp}"
@@ -719,10 +743,14 @@ def _run(
     overwrite: bool,
     interceptors: Sequence[Interceptor] = (),
 ) -> Result:
+    logs = adversary_logs(cfg)
+    pairs = [(adv, log) for adv, log in zip(cfg.adversaries, logs, strict=True) if log is not None]
+    wire = [log for adv, log in pairs if _on_wire(adv)]
+    inbox = [log for adv, log in pairs if not _on_wire(adv)]
     try:
         world = build_world(cfg)
         built_at = time.perf_counter()
-        runtime = _make_runtime(world, taps, interceptors)
+        runtime = _make_runtime(world, [*taps, *wire], interceptors, inbox)
         started_at = time.perf_counter()
     except ConfigError as exc:
         if exc.source is not None:
@@ -773,6 +801,10 @@ def _run(
         raise
     else:
         summary = _summary(world, runtime, recorder, outcome, time.perf_counter() - wall0)
+        if cfg.adversaries:
+            attacked_at = time.perf_counter()
+            summary["attacks"] = _attacks(world, logs, outcome, run_dir)
+            timings["attacks_s"] = round(time.perf_counter() - attacked_at, 3)
         summary["timings"] = timings
         recorder.log.info("run_finished", t=outcome.virtual_time, **finite(summary["final"]))
     finally:
@@ -805,11 +837,18 @@ class _Runtime(typing.Protocol):
 class _InProcess:
     """The local runtime, built in this process."""
 
-    def __init__(self, world: World, taps: Sequence[Tap], interceptors: Sequence[Interceptor]):
+    def __init__(
+        self,
+        world: World,
+        taps: Sequence[Tap],
+        interceptors: Sequence[Interceptor],
+        inbox_taps: Sequence[Tap] = (),
+    ):
         device = resolve_device(world.config.runtime.device)
         self.world = world
         self.taps = taps
         self.interceptors = interceptors
+        self.inbox_taps = inbox_taps
         self.peers = build_peers(world, range(world.participants), device)
         self.evaluator = build_evaluator(world, device)
         self.runtime: LocalRuntime | None = None
@@ -833,6 +872,7 @@ class _InProcess:
             evaluated=w.num_peers,
             links=link_guard(cfg.security, cfg.seed, w.participants, range(w.participants)),
             interceptors=self.interceptors,
+            inbox_taps=self.inbox_taps,
         )
         return self.runtime.run()
 
@@ -847,13 +887,95 @@ class _InProcess:
 
 
 def _make_runtime(
-    world: World, taps: Sequence[Tap], interceptors: Sequence[Interceptor] = ()
+    world: World,
+    taps: Sequence[Tap],
+    interceptors: Sequence[Interceptor] = (),
+    inbox_taps: Sequence[Tap] = (),
 ) -> _Runtime:
     if world.config.runtime.kind == "ray":
         from p2pfed.runtime.ray_runtime import RayRuntime  # ray is imported only when asked for
 
-        return RayRuntime(world, taps=taps, interceptors=interceptors)
-    return _InProcess(world, taps, interceptors)
+        return RayRuntime(world, taps=taps, interceptors=interceptors, inbox_taps=inbox_taps)
+    return _InProcess(world, taps, interceptors, inbox_taps)
+
+
+# --- adversaries ---------------------------------------------------------------------------
+
+
+def _on_wire(adv: AdversaryConfig) -> bool:
+    """Eavesdroppers tap the wire (sealed bytes); the others are endpoints (opened frames)."""
+    return adv.role == "eavesdropper"
+
+
+def adversary_logs(cfg: ExperimentConfig) -> list[FrameLog | None]:
+    """One frame log per adversary (``None`` for a black box: it sees no traffic)."""
+    logs: list[FrameLog | None] = []
+    for adv in cfg.adversaries:
+        if adv.role == "eavesdropper":
+            ends = [adv.target] if adv.target is not None else []
+            logs.append(FrameLog(links=adv.links or (), ends=ends))
+        elif adv.role == "curious_peer":
+            assert adv.peer is not None
+            logs.append(FrameLog(ends=[adv.peer]))
+        elif adv.role == "curious_coordinator":
+            logs.append(FrameLog(ends=[cfg.num_peers]))
+        else:
+            logs.append(None)
+    return logs
+
+
+def protection(cfg: ExperimentConfig) -> str:
+    """The run's protection mode as the reports name it: plain, aead, secret-share, secagg,
+    he, dp, or their combination (``secagg+aead+dp``)."""
+    sec = cfg.security
+    parts = []
+    if sec.secure_aggregation or sec.homomorphic:
+        parts.append(str(sec.aggregation))
+    if sec.channel == "aead":
+        parts.append("aead")
+    if cfg.dp.enabled:
+        parts.append("dp")
+    return "+".join(parts) or "plain"
+
+
+def _attacks(
+    world: World, logs: Sequence[FrameLog | None], outcome: RunOutcome, run_dir: Path
+) -> list[dict[str, Any]]:
+    from p2pfed.adversary.analyse import RunFacts, analyse, write_report
+
+    cfg = world.config
+    tcfg = cfg.training
+    fixed = None
+    if cfg.security.secure_aggregation:
+        sec = cfg.security
+        fixed = FixedPoint.from_range(sec.clipping_range, sec.quantization_range, sec.modulus_range)
+    facts = RunFacts(
+        adversaries=cfg.adversaries,
+        logs=logs,
+        codec=world.codec,
+        protocol=cfg.protocol.kind,
+        protection=protection(cfg),
+        schedule=world.schedule,
+        num_peers=world.num_peers,
+        coordinator=world.num_peers if cfg.has_coordinator else None,
+        template=world.template,
+        params0=world.params0,
+        dataset=world.dataset,
+        shards=world.shards,
+        final_models=outcome.models,
+        lr=float(tcfg.lr),
+        single_step=tcfg.local_steps == 1 and tcfg.momentum == 0,
+        fixed=fixed,
+        seed=_streams(cfg.seed)["adversary"],
+        training=tcfg,
+        dp=cfg.dp,
+        local_steps=tcfg.local_steps
+        or tcfg.local_epochs * math.ceil(len(world.shards[0]) / tcfg.batch_size),
+        rounds=cfg.protocol.rounds,
+    )
+    rows = analyse(facts)
+    write_report(run_dir, rows, facts)
+    return rows
 
 
 def _summary(
@@ -891,26 +1013,54 @@ def _summary(
         "frames_rejected": recorder.rejected,
         "frames_rejected_by_reason": dict(sorted(recorder.rejected_by_reason.items())),
         "protocol_events": counters,
-        "privacy": _privacy(cfg, peers),
+        "privacy": _privacy(cfg, peers, world.shards),
         "diverged_peers": [p.id for p in peers if p.diverged],
         "warnings": _warnings(cfg, reports, counters, recorder.rejected_by_reason),
         **runtime.describe(),
     }
 
 
-def _privacy(cfg: ExperimentConfig, peers: Sequence[PeerReport]) -> dict[str, Any]:
+def _privacy(
+    cfg: ExperimentConfig, peers: Sequence[PeerReport], shards: Sequence[np.ndarray]
+) -> dict[str, Any]:
     """Each peer's differential-privacy budget spent: every local training's result is a
     Gaussian release (a conservative count: a result a protocol drops still counts)."""
     dp = cfg.dp
     if not dp.enabled:
         return {"dp": False}
-    eps = [round(gaussian_epsilon(dp.noise_multiplier, p.trainings, dp.delta), 4) for p in peers]
-    return {
+    common = {
         "dp": True,
+        "mode": dp.mode,
         "clip": dp.clip,
         "noise_multiplier": dp.noise_multiplier,
         "delta": dp.delta,
         "releases": [p.trainings for p in peers],
+    }
+    if dp.mode == "dpsgd":
+        # every SGD step of a peer is a subsampled Gaussian release of its data
+        tcfg = cfg.training
+        sizes = [len(s) for s in shards]
+        eps, steps = [], []
+        for p in peers:
+            if p.id >= len(sizes):
+                continue
+            n = sizes[p.id]
+            per_training = tcfg.local_steps or tcfg.local_epochs * math.ceil(n / tcfg.batch_size)
+            k = per_training * p.trainings
+            q = min(1.0, tcfg.batch_size / n)
+            eps.append(round(sampled_gaussian_epsilon(dp.noise_multiplier, q, k, dp.delta), 4))
+            steps.append(k)
+        return {
+            **common,
+            "steps": steps,
+            "epsilon": eps,
+            "epsilon_max": max(eps, default=0.0),
+            "accountant": "RDP of the subsampled Gaussian (Opacus analysis), per example; "
+            "sampling rate batch_size / shard size, shuffled batches accounted as Poisson",
+        }
+    eps = [round(gaussian_epsilon(dp.noise_multiplier, p.trainings, dp.delta), 4) for p in peers]
+    return {
+        **common,
         "epsilon": eps,
         "epsilon_max": max(eps, default=0.0),
         "accountant": "RDP of the composed Gaussian, improved conversion (p2pfed.privacy)",

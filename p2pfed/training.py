@@ -11,6 +11,8 @@ in common D-PSGD implementations (Lian et al. 2017; Assran et al. 2019).
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -93,7 +95,7 @@ class LocalTrainer:
         self._rng = rng
         self._order = torch.empty(0, dtype=torch.int64)
         self._pos = 0
-        self.optimizer = torch.optim.SGD(
+        self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
             self.model.parameters(),
             lr=cfg.lr,
             momentum=cfg.momentum,
@@ -101,6 +103,13 @@ class LocalTrainer:
             weight_decay=cfg.weight_decay,
         )
         self._loss = torch.nn.CrossEntropyLoss()
+        self._net: torch.nn.Module = self.model
+        #: a hook on every result before it leaves (training index, params) -> params: how
+        #: an active adversary (p2pfed.adversary.active) crafts what it shares
+        self.release: Callable[[int, np.ndarray], np.ndarray] | None = None
+        self._trainings = 0
+        if self.dp is not None and self.dp.mode == "dpsgd":
+            self._net, self.optimizer = _dpsgd(self.model, self.optimizer, self.dp, cfg, rng)
 
     @property
     def num_samples(self) -> int:
@@ -137,8 +146,13 @@ class LocalTrainer:
             idx = self._next_batch()
             xb, yb = self._x[idx], self._y[idx]  # (B, F), (B,)
             self.optimizer.zero_grad(set_to_none=True)
-            loss = self._loss(self.model(xb), yb)
-            loss.backward()
+            loss = self._loss(self._net(xb), yb)
+            if self._net is self.model:
+                loss.backward()
+            else:
+                with warnings.catch_warnings():  # Opacus's hooks on input-free modules
+                    warnings.filterwarnings("ignore", "Full backward hook", UserWarning)
+                    loss.backward()
             self.optimizer.step()
             if on_cpu:
                 total += loss.item() * len(idx)
@@ -148,10 +162,43 @@ class LocalTrainer:
         mean_loss = float(total) / max(seen, 1)
         trained = self.flat.get()
         dp = self.dp
-        if dp is not None and dp.clip is not None:
+        if dp is not None and dp.clip is not None and dp.mode == "update":
             # the DP stage: what leaves this peer is the clipped, noised update
             trained, _ = privatize(params, trained, dp.clip, dp.noise_multiplier, self._rng)
+        if self.release is not None:
+            trained = np.asarray(self.release(self._trainings, trained), dtype=np.float32)
+        self._trainings += 1
         return TrainResult(params=trained, loss=mean_loss, samples=seen)
+
+
+def _dpsgd(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    dp: DPConfig,
+    cfg: TrainingConfig,
+    rng: np.random.Generator,
+) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """Opacus per-example clipping and noise around ``model`` and ``optimizer``; the noise
+    comes from a torch generator seeded from the peer's own stream."""
+    try:
+        from opacus import GradSampleModule
+        from opacus.optimizers import DPOptimizer
+    except ImportError:  # pragma: no cover - the dp extra is installed by make
+        raise ImportError(
+            "dp.mode dpsgd needs opacus: pip install 'p2pfed[dp]' (or opacus)"
+        ) from None
+    assert dp.clip is not None
+    generator = torch.Generator(device=next(model.parameters()).device)
+    generator.manual_seed(int(rng.integers(2**63 - 1)))
+    net = GradSampleModule(model)
+    dp_optimizer = DPOptimizer(
+        optimizer,
+        noise_multiplier=float(dp.noise_multiplier),
+        max_grad_norm=float(dp.clip),
+        expected_batch_size=cfg.batch_size,
+        generator=generator,
+    )
+    return net, dp_optimizer
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ PURE = [
     "crypto",
     "privacy",
     "attacks",
+    "adversary",
     "timing.py",
     "training.py",
     "errors.py",

@@ -6,9 +6,11 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 import p2pfed
 from p2pfed.cli import main
+from p2pfed.config import config_from_mapping
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -77,3 +79,16 @@ def test_readme_cli_commands_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
             argv += ["--set", "protocol.rounds=2", "--out", f"run{k}", "--progress", "off"]
         assert main(argv) == 0, command
     assert (tmp_path / "torus.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_readme_adversaries_block_is_a_valid_section() -> None:
+    block = next(b for b in _blocks("yaml") if "adversaries:" in b)
+    section = yaml.safe_load(block)["adversaries"]
+    cfg = config_from_mapping(
+        {
+            "protocol": {"kind": "dpsgd"},
+            "topology": {"kind": "ring", "n": 8},
+            "adversaries": section,
+        }
+    )
+    assert [a.role for a in cfg.adversaries] == ["eavesdropper", "curious_peer", "black_box"]

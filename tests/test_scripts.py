@@ -149,3 +149,37 @@ def test_bench_he_prints_throughput_sizes_and_round_times(tmp_path: Path) -> Non
         s_round, wall_x, _, _, _, bytes_x, acc = rows[mode]
         assert s_round > 0 and wall_x > 1.0 and bytes_x > 1.0  # encryption costs something
         assert acc == pytest.approx(rows["plain"][6], abs=0.005)  # the same training
+
+
+def test_privacy_matrix_prints_every_protection_against_every_observer(tmp_path: Path) -> None:
+    out = _run(
+        "privacy_matrix.py",
+        *("--rounds", "3", "--candidates", "20", "--shadows", "4", "--mi-iterations", "20"),
+        *("--observations", "2", "--out", str(tmp_path)),
+    )
+    widths = [13, 10, 11, 16, 13, 14, 14, 8, 9, 8]  # the table's fixed columns
+    rows = {}
+    for line in out.splitlines():
+        if re.match(r"^(plain|aead|secret-share|secagg|he|dp) ", line):
+            cells, at = [], 0
+            for w in widths:
+                cells.append(line[at : at + w].strip())
+                at += w
+            rows[cells[0]] = cells[1:]
+    assert list(rows) == ["plain", "aead", "secret-share", "secagg", "he", "dp"], out
+
+    def psnr(cell: str) -> tuple[float, float]:
+        value, prior = cell.split()
+        return float(value), float(prior.strip("()"))
+
+    # plain: the eavesdropper's and the coordinator's inversions are exact (PSNR > 100 dB)
+    assert psnr(rows["plain"][2])[0] > 100 and psnr(rows["plain"][4])[0] > 100, out
+    # sealed links and HE leave the eavesdropper nothing; shares, masks and DP noise leave
+    # it no better than its prior
+    assert rows["aead"][2] == "—" and rows["he"][2] == "—" and rows["he"][4] == "—", out
+    for mode in ("secret-share", "secagg", "dp"):
+        value, prior = psnr(rows[mode][2])
+        assert value <= prior, (mode, out)
+    saved = json.loads((tmp_path / "matrix.json").read_text())
+    assert [s["protection"] for s in saved] == list(rows)
+    assert (tmp_path / "matrix.md").exists()

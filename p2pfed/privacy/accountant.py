@@ -85,3 +85,27 @@ def closed_form_epsilon(noise_multiplier: float, releases: int, delta: float) ->
     _check(noise_multiplier, releases, delta)
     t, s = releases, noise_multiplier
     return t / (2 * s**2) + math.sqrt(2 * t * math.log(1 / delta)) / s
+
+
+#: RDP orders for the subsampled Gaussian (Opacus's default grid)
+_ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
+
+
+def sampled_gaussian_epsilon(
+    noise_multiplier: float, sample_rate: float, steps: int, delta: float
+) -> float:
+    """Epsilon of DP-SGD: ``steps`` Poisson-subsampled Gaussian steps at ``sample_rate``
+    (Mironov, Talwar & Zhang 2019, via Opacus's RDP analysis; orders on Opacus's grid).
+    A ``sample_rate`` of 1 is the plain composed Gaussian."""
+    _check(noise_multiplier, steps, delta)
+    if not 0 < sample_rate <= 1:
+        raise ValueError(f"sample_rate must lie in (0, 1], got {sample_rate}")
+    if steps == 0:
+        return 0.0
+    from opacus.accountants.analysis import rdp as opacus_rdp
+
+    rdp = opacus_rdp.compute_rdp(
+        q=sample_rate, noise_multiplier=noise_multiplier, steps=steps, orders=_ORDERS
+    )
+    eps, _ = opacus_rdp.get_privacy_spent(orders=_ORDERS, rdp=rdp, delta=delta)
+    return float(eps)

@@ -52,6 +52,11 @@ frame's byte split when its length is unchanged (so tampering in place keeps the
 timing) and as all-metadata bytes otherwise. Interceptors must be deterministic in their
 arguments and calls for runs to be reproducible; under Ray every host calls its own copy.
 
+Endpoint views. ``inbox_taps`` see what a receiver saw: every frame a local peer accepted,
+after opening its seal, with the time it was handled. A curious peer or coordinator is an
+endpoint of its links, so its view of a run is the inbox frames with it at either end
+(:mod:`p2pfed.adversary`); an eavesdropper's is the ``taps``' sealed bytes.
+
 Evaluation and termination are the driver's business (:mod:`p2pfed.runtime.virtual` under
 virtual time, the Ray runtime's wall loop under wall time).
 """
@@ -146,9 +151,11 @@ class PeerEngine:
         clock: Callable[[], float] | None = None,
         links: LinkGuard | None = None,
         interceptors: Sequence[Interceptor] = (),
+        inbox_taps: Sequence[Tap] = (),
     ):
         """``links`` seals every frame of the local peers (it must hold all of them);
-        ``interceptors`` act on every frame sent (see the module docstring)."""
+        ``interceptors`` act on every frame sent; ``inbox_taps`` see every frame a local
+        peer accepted, opened (see the module docstring)."""
         self.peers: dict[int, PeerSlot] = {p.id: p for p in peers}
         if len(self.peers) != len(peers):
             raise ValueError("peer ids must be unique")
@@ -166,6 +173,7 @@ class PeerEngine:
         self.clock = clock  # None: virtual time
         self.links = links
         self.interceptors = list(interceptors)
+        self.inbox_taps = list(inbox_taps)
         self.now = 0.0  # time of the last event delivered
         self.events = 0  # events delivered (discarded ones not counted)
         self.completed = 0  # local rounds completed by all local peers
@@ -414,6 +422,8 @@ class PeerEngine:
             self._reject(src, peer.id, "message type does not match its seal")
             return
         self.frames["delivered"] += 1
+        for tap in self.inbox_taps:
+            tap(self.now, src, peer.id, frame)
         self._deliver(peer, MessageArrived(src, decoded.message))
 
 

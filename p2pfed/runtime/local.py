@@ -83,6 +83,7 @@ class LocalRuntime:
         evaluated: int | None = None,
         links: LinkGuard | None = None,
         interceptors: Sequence[Interceptor] = (),
+        inbox_taps: Sequence[Tap] = (),
     ):
         if [p.id for p in peers] != list(range(len(peers))):
             raise ValueError("peers must be numbered 0..n-1 in order")
@@ -100,6 +101,7 @@ class LocalRuntime:
             taps=taps,
             links=links,
             interceptors=interceptors,
+            inbox_taps=inbox_taps,
         )
         self.evaluation = Evaluation(
             evaluator, len(peers) if evaluated is None else evaluated, self.observer

@@ -64,7 +64,7 @@ from p2pfed.protocol.codec import FrameSize
 from p2pfed.runtime.base import Interceptor, MetricRow, PeerReport, RunObserver, Tap
 from p2pfed.runtime.directory import Directory, Placement, PublishedKey
 from p2pfed.runtime.engine import FRAME_COUNTERS, OutFrame, PeerEngine, Snapshot, frame_totals
-from p2pfed.runtime.virtual import Evaluation, HostsState, RunOutcome, run_virtual
+from p2pfed.runtime.virtual import Evaluation, HostsState, RunOutcome, models_of, run_virtual
 
 # --- frames in batches ------------------------------------------------------------------
 
@@ -134,6 +134,9 @@ class BufferObserver:
     def tap(self, t: float, src: int, dst: int, frame: bytes) -> None:
         self.records.append(("tap", (t, src, dst, frame)))
 
+    def inbox(self, t: float, src: int, dst: int, frame: bytes) -> None:
+        self.records.append(("inbox", (t, src, dst, frame)))
+
     def frame_sent(self, t: float, src: int, dst: int, kind: str, size: FrameSize) -> None:
         self.records.append(("frame_sent", (t, src, dst, kind, size)))
 
@@ -185,6 +188,7 @@ class PeerHost:
         torch_threads: int,
         keep_frames: bool,
         interceptors: Sequence[Interceptor] = (),
+        keep_inbox: bool = False,
     ) -> dict[str, Any]:
         import torch
 
@@ -209,6 +213,7 @@ class PeerHost:
             # every host derives the same keys from the run seed: none travels
             links=link_guard(world.config.security, world.config.seed, world.participants, ids),
             interceptors=interceptors,  # this host's own copies
+            inbox_taps=[self.recorder.inbox] if keep_inbox else [],
         )
         params = [p.trainer.model for p in peers if p.trainer is not None]
         return {
@@ -517,12 +522,18 @@ class RayRuntime:
     """Runs an experiment's peers in PeerHost actors (see the module docstring)."""
 
     def __init__(
-        self, world: Any, *, taps: Sequence[Tap] = (), interceptors: Sequence[Interceptor] = ()
+        self,
+        world: Any,
+        *,
+        taps: Sequence[Tap] = (),
+        interceptors: Sequence[Interceptor] = (),
+        inbox_taps: Sequence[Tap] = (),
     ):
         self.world = world
         self.config = world.config
         self.taps = list(taps)
         self.interceptors = list(interceptors)
+        self.inbox_taps = list(inbox_taps)
         self.now = 0.0
         self.failures: list[dict[str, Any]] = []
         self.hosts: list[_Host] = []
@@ -604,6 +615,7 @@ class RayRuntime:
                     rcfg.torch_threads,
                     bool(self.taps),
                     self.interceptors,
+                    bool(self.inbox_taps),
                 )
             )
         try:
@@ -953,6 +965,9 @@ class _Driver:
             if name == "tap":
                 for tap in self.taps:
                     tap(*args)
+            elif name == "inbox":
+                for tap in self.rt.inbox_taps:
+                    tap(*args)
             else:
                 getattr(self.observer, name)(*args)
 
@@ -1039,6 +1054,9 @@ class _WallDriver:
             if name == "tap":
                 for tap in self.rt.taps:
                     tap(*args)
+            elif name == "inbox":
+                for tap in self.rt.inbox_taps:
+                    tap(*args)
             else:
                 getattr(self.observer, name)(*args)
 
@@ -1122,7 +1140,8 @@ class _WallDriver:
         self._stop(loops, quiet=False)
         end = time.time() - self.t0
         now = float(limit) if status == "time_limit" and limit is not None else end
-        final = self.evaluate(now, self._snapshot())
+        snapshots = self._snapshot()
+        final = self.evaluate(now, snapshots)
         frames = frame_totals(s["frames"] for s in self.status.values())
         dropped, late = self._dead_host_frames()
         frames["sent"] += late
@@ -1130,7 +1149,7 @@ class _WallDriver:
         accounted = frames["delivered"] + frames["lost"] + frames["rejected"] + frames["dropped"]
         frames["in_flight"] = frames["sent"] - accounted  # 0 unless a time limit cut the run
         events = sum(s["events"] for s in self.status.values())
-        return RunOutcome(status, now, events, final, frames)
+        return RunOutcome(status, now, events, final, frames, models_of(snapshots))
 
     def _watch(
         self, loops: dict[int, Any], interval: float, limit: float | None, total: int

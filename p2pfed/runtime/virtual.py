@@ -46,6 +46,12 @@ class RunOutcome:
     events: int
     final: list[MetricRow]
     frames: dict[str, int] = field(default_factory=dict)
+    models: dict[int, np.ndarray] = field(default_factory=dict)  # every participant's last
+
+
+def models_of(snapshots: Sequence[Snapshot]) -> dict[int, np.ndarray]:
+    """Every participant's model in ``snapshots``, by peer id (coordinators included)."""
+    return {i: snap.models[k] for snap in snapshots for k, i in enumerate(snap.ids)}
 
 
 @dataclass
@@ -179,6 +185,7 @@ def run_virtual(
         observer.progress(state.now, state.completed, total_rounds)
     now = time_limit if status == "time_limit" and time_limit is not None else state.now
     in_flight = state.frames_pending if status == "time_limit" or cut else 0
-    final = evaluate(now, hosts.snapshot())
+    snapshots = hosts.snapshot()
+    final = evaluate(now, snapshots)
     frames = {**state.frames, "in_flight": in_flight}
-    return RunOutcome(status, now, state.events, final, frames)
+    return RunOutcome(status, now, state.events, final, frames, models_of(snapshots))
