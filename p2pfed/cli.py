@@ -13,9 +13,11 @@ reported as one line naming the file and key, never a traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from p2pfed import __version__
 from p2pfed.errors import ConfigError, P2PFedError
@@ -114,9 +116,40 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if s.get("frames_rejected"):
         reasons = ", ".join(f"{n} {r}" for r, n in s.get("frames_rejected_by_reason", {}).items())
         print(f"rejected      : {s['frames_rejected']} frames ({reasons})")
+    privacy = s.get("privacy", {})
+    if privacy.get("dp"):
+        print(
+            f"privacy       : epsilon <= {privacy['epsilon_max']:.3g} at delta "
+            f"{privacy['delta']:g} ({privacy['mode']} DP, sigma {privacy['noise_multiplier']:g})"
+        )
+    for row in s.get("attacks", []):
+        print(f"attack        : {attack_line(row)}")
     for warning in s.get("warnings", []):
         print(f"warning       : {warning}")
     return EXIT_OK if s["status"] == "completed" else EXIT_FAILED
+
+
+def attack_line(row: dict[str, Any]) -> str:
+    """One line of a report row: who, which attack on what, and its headline numbers."""
+    m = row.get("metrics", {})
+    if "psnr_median" in m:
+        head = f"PSNR {m['psnr_median']:.1f} dB (prior {_db(m.get('baseline_mse'))})"
+        if "label_accuracy" in m:
+            head += f", labels {m['label_accuracy']:.0%}"
+    elif "auc" in m:
+        head = f"AUC {m['auc']:.3f}, TPR@1%FPR {m['tpr_at_1pct_fpr']:.3f}"
+    elif "judge_accuracy" in m:
+        head = f"{m['judge_accuracy']:.0%} of classes recognised by an independent model"
+    else:
+        head = row.get("note", "nothing observed to attack")
+    view = f" [{row['view']}]" if row.get("view") else ""
+    return f"{row['adversary']}: {row['attack']} on {row['target']}{view}: {head}"
+
+
+def _db(mse: float | None) -> str:
+    if mse is None or mse <= 0:
+        return "n/a"
+    return f"{10 * math.log10(1 / mse):.1f} dB"
 
 
 def _cmd_topology_show(args: argparse.Namespace) -> int:

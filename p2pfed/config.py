@@ -304,17 +304,39 @@ class ExperimentConfig(BaseModel):
         for peer in self.time.slowdown:
             if peer >= n:
                 raise ValueError(f"time.slowdown names peer {peer}, but the topology has {n}")
+        self._check_adversaries()
+        return self
+
+    def _check_adversaries(self) -> None:
+        n, active, names = self.topology.n, set(), set()
         for k, adv in enumerate(self.adversaries):
             try:
                 adv.check_peers(n, self.has_coordinator)
             except ValueError as exc:
                 raise ValueError(f"adversaries[{k}]: {exc}") from None
-            if adv.active is not None and self.protocol.kind != "dpsgd":
+            label = adv.label(k)
+            if label in names:
+                raise ValueError(f"adversaries[{k}]: the name {label} is taken: names label rows")
+            names.add(label)
+            if adv.active is None:
+                continue
+            if (
+                self.protocol.kind != "dpsgd"
+                or self.security.secure_aggregation
+                or (self.security.homomorphic)
+            ):
                 raise ValueError(
-                    f"adversaries[{k}]: the active attack replaces a D-PSGD share (protocol.kind "
-                    f"dpsgd), not a {self.protocol.kind} message"
+                    f"adversaries[{k}]: the active attack replaces a plain D-PSGD share "
+                    f"(protocol.kind dpsgd without secure aggregation or HE)"
                 )
-        return self
+            if adv.peer in active:
+                raise ValueError(f"adversaries[{k}]: peer {adv.peer} already runs an active attack")
+            active.add(adv.peer)
+            if adv.active.round >= self.protocol.rounds - 1:
+                raise ValueError(
+                    f"adversaries[{k}]: active.round {adv.active.round} leaves no later round to "
+                    f"watch (protocol.rounds is {self.protocol.rounds})"
+                )
 
     @property
     def num_peers(self) -> int:

@@ -35,6 +35,7 @@ import torch
 
 from p2pfed.adversary import AdversaryConfig, FrameLog
 from p2pfed.adversary.active import ActiveRelease, active_candidates, active_seed
+from p2pfed.adversary.config import RECONSTRUCTIONS
 from p2pfed.config import (
     DEFAULT_SOURCE,
     ExperimentConfig,
@@ -270,6 +271,14 @@ def build_world(config: ExperimentConfig) -> World:
             key="partition",
         )
     samples = [samples_per_round(len(s), tcfg) for s in shards]
+    for k, adv in enumerate(config.adversaries):
+        if adv.active is None or adv.peer is None:
+            continue
+        if not schedule.at(adv.active.round).out_neighbours(adv.peer):
+            raise ConfigError(
+                f"peer {adv.peer} has no out-neighbour at round {adv.active.round} to attack",
+                key=f"adversaries[{k}].active",
+            )
     if config.security.homomorphic:
         config = _resolve_he(config, params0.size)  # the scheme sizes frames and timeouts
     config = _resolve_automatic(config, schedule, samples, cost, network, params0.size)
@@ -443,6 +452,7 @@ def build_peers(world: World, ids: Sequence[int], device: str) -> list[PeerSlot]
                 dp=config.dp,
             )
         trainer.release = _active_release(world, i, trainer)
+        trainer.record = any(RECONSTRUCTIONS & set(a.chosen_attacks) for a in config.adversaries)
         with _section("protocol"):
             protocol = _protocol(world, i, _int_seed(protocol_seed))
         peers.append(PeerSlot(i, protocol, protocol.initial_state(world.params0), trainer))
@@ -782,6 +792,7 @@ def _run(
         runtime=cfg.runtime.kind,
     )
     outcome: RunOutcome | None = None
+    reports: list[PeerReport] = []
     summary: dict[str, Any] = {}
     timings = {  # wall seconds: building the experiment, starting the runtime, running it
         "build_s": round(built_at - wall0, 3),
@@ -801,11 +812,8 @@ def _run(
         raise
     else:
         summary = _summary(world, runtime, recorder, outcome, time.perf_counter() - wall0)
-        if cfg.adversaries:
-            attacked_at = time.perf_counter()
-            summary["attacks"] = _attacks(world, logs, outcome, run_dir)
-            timings["attacks_s"] = round(time.perf_counter() - attacked_at, 3)
         summary["timings"] = timings
+        reports = runtime.peer_reports() if cfg.adversaries else []
         recorder.log.info("run_finished", t=outcome.virtual_time, **finite(summary["final"]))
     finally:
         try:
@@ -816,6 +824,18 @@ def _run(
                 recorder.write_summary(summary)
             finally:
                 recorder.close()
+    if cfg.adversaries and outcome is not None:
+        # after the runtime let go of its actors; the run's own results are on disk already
+        attacked_at = time.perf_counter()
+        try:
+            summary["attacks"] = _attacks(world, logs, outcome, reports, run_dir)
+        except Exception as exc:
+            summary["attacks_error"] = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            timings["attacks_s"] = round(time.perf_counter() - attacked_at, 3)
+            summary["warnings"] = summary.get("warnings", []) + _attack_warnings(summary)
+            recorder.write_summary(summary)
     return Result(run_dir=run_dir, config=cfg, summary=summary)
 
 
@@ -926,7 +946,8 @@ def adversary_logs(cfg: ExperimentConfig) -> list[FrameLog | None]:
 
 def protection(cfg: ExperimentConfig) -> str:
     """The run's protection mode as the reports name it: plain, aead, secret-share, secagg,
-    he, dp, or their combination (``secagg+aead+dp``)."""
+    he, dp (update-level) or dp-sgd (per-example), or their combination
+    (``secagg+aead+dp``)."""
     sec = cfg.security
     parts = []
     if sec.secure_aggregation or sec.homomorphic:
@@ -934,12 +955,26 @@ def protection(cfg: ExperimentConfig) -> str:
     if sec.channel == "aead":
         parts.append("aead")
     if cfg.dp.enabled:
-        parts.append("dp")
+        parts.append("dp" if cfg.dp.mode == "update" else "dp-sgd")
     return "+".join(parts) or "plain"
 
 
+def _attack_warnings(summary: dict[str, Any]) -> list[str]:
+    out = []
+    if "attacks_error" in summary:
+        out.append(f"the attack analysis failed: {summary['attacks_error']}")
+    for row in summary.get("attacks", []):
+        if "error" in row:
+            out.append(f"{row['adversary']}: {row['attack']} failed: {row['error']}")
+    return out
+
+
 def _attacks(
-    world: World, logs: Sequence[FrameLog | None], outcome: RunOutcome, run_dir: Path
+    world: World,
+    logs: Sequence[FrameLog | None],
+    outcome: RunOutcome,
+    reports: Sequence[PeerReport],
+    run_dir: Path,
 ) -> list[dict[str, Any]]:
     from p2pfed.adversary.analyse import RunFacts, analyse, write_report
 
@@ -969,8 +1004,11 @@ def _attacks(
         seed=_streams(cfg.seed)["adversary"],
         training=tcfg,
         dp=cfg.dp,
-        local_steps=tcfg.local_steps
-        or tcfg.local_epochs * math.ceil(len(world.shards[0]) / tcfg.batch_size),
+        local_steps=[
+            tcfg.local_steps or tcfg.local_epochs * math.ceil(len(shard) / tcfg.batch_size)
+            for shard in world.shards
+        ],
+        trained_on={r.id: r.trained_on for r in reports if r.trained_on},
         rounds=cfg.protocol.rounds,
     )
     rows = analyse(facts)

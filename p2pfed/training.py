@@ -10,6 +10,7 @@ in common D-PSGD implementations (Lian et al. 2017; Assran et al. 2019).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import warnings
 from collections.abc import Callable
@@ -108,6 +109,11 @@ class LocalTrainer:
         #: an active adversary (p2pfed.adversary.active) crafts what it shares
         self.release: Callable[[int, np.ndarray], np.ndarray] | None = None
         self._trainings = 0
+        #: with ``record``, one (digest of the parameters training started from, shard rows
+        #: it used) pair per training: the ground truth that scores reconstruction attacks
+        #: (matched to an observed update by its start model), never their input
+        self.record = False
+        self.trained_on: list[tuple[bytes, np.ndarray]] = []
         if self.dp is not None and self.dp.mode == "dpsgd":
             self._net, self.optimizer = _dpsgd(self.model, self.optimizer, self.dp, cfg, rng)
 
@@ -142,8 +148,11 @@ class LocalTrainer:
         on_cpu = self._x.device.type == "cpu"
         total: float | torch.Tensor = 0.0 if on_cpu else torch.zeros((), device=self.device)
         seen = 0
+        used: list[torch.Tensor] = []
         for _ in range(self.steps_for(epochs, steps)):
             idx = self._next_batch()
+            if self.record:
+                used.append(idx)
             xb, yb = self._x[idx], self._y[idx]  # (B, F), (B,)
             self.optimizer.zero_grad(set_to_none=True)
             loss = self._loss(self._net(xb), yb)
@@ -167,8 +176,20 @@ class LocalTrainer:
             trained, _ = privatize(params, trained, dp.clip, dp.noise_multiplier, self._rng)
         if self.release is not None:
             trained = np.asarray(self.release(self._trainings, trained), dtype=np.float32)
+        if self.record:
+            rows = np.unique(torch.cat(used).cpu().numpy()) if used else _NONE
+            self.trained_on.append((params_digest(params), rows))
         self._trainings += 1
         return TrainResult(params=trained, loss=mean_loss, samples=seen)
+
+
+_NONE = np.zeros(0, dtype=np.int64)
+
+
+def params_digest(params: np.ndarray) -> bytes:
+    """A short fingerprint of a float32 parameter vector (which model a training began at)."""
+    flat = np.ascontiguousarray(np.asarray(params, dtype=np.float32))
+    return hashlib.blake2b(flat.tobytes(), digest_size=12).digest()
 
 
 def _dpsgd(

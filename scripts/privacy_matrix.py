@@ -11,7 +11,8 @@ update, C = 1, sigma = 1 by default). Observers, on the same seed, data and mode
   inversion of the local updates it isolates — PSNR of the reconstructions against the
   samples they are closest to, and its prior's (the mean image) PSNR in brackets;
 * **curious peer** 4 of the same run: loss-threshold membership AUC on its neighbours'
-  last shared models (the best neighbour);
+  last shared models (mean over its neighbours; non-members are held-out samples with
+  the members' labels);
 * **curious coordinator** of a FedAvg run (9 clients): PSNR of its inversions of each
   client's update (median over clients) and of the round aggregates;
 * **black box** on peer 0's final D-PSGD model: loss-threshold AUC, LiRA (offline, fixed
@@ -108,8 +109,9 @@ def _db(mse: float) -> float:
 
 
 def _metric(rows: list[dict[str, Any]], attack: str, key: str, fmt: str = ".2f") -> str:
+    """The mean of one metric over the rows of an attack (one row per attacked model)."""
     values = [r["metrics"][key] for r in rows if r["attack"] == attack and key in r["metrics"]]
-    return format(max(values), fmt) if values else "—"
+    return format(sum(values) / len(values), fmt) if values else "—"
 
 
 def main() -> None:

@@ -64,6 +64,7 @@ def test_an_eavesdropper_on_every_link_of_a_peer_recovers_its_samples(tmp_path: 
     (row,) = _rows(result)
     assert row["view"] == "isolated" and row["target"] == "peer 2"
     assert row["protection"] == "plain"
+    assert row["truth"] == "exact"  # scored against the very sample of each round
     m = row["metrics"]
     assert m["reconstructions"] == 4  # one per round
     assert m["mse_median"] < 1e-10
@@ -102,6 +103,7 @@ def test_a_curious_coordinator_inverts_client_updates_but_only_sums_under_secagg
     rows = {r["target"]: r for r in _rows(plain)}
     single = [rows[f"peer {k}"]["metrics"]["mse_median"] for k in range(4)]
     assert all(rows[f"peer {k}"]["view"] == "client" for k in range(4))
+    assert all(rows[f"peer {k}"]["truth"] == "exact" for k in range(4))
     assert max(single) < 1e-10
 
     secure = run(_star({"aggregation": "secagg"}), out=tmp_path / "secagg")
@@ -112,7 +114,7 @@ def test_a_curious_coordinator_inverts_client_updates_but_only_sums_under_secagg
         assert m["mse_median"] >= m["baseline_mse"]
     # what it holds is the sum of 4 single-sample updates: its inverse is a blend
     agg = rows["the aggregate"]
-    assert agg["view"] == "aggregate"
+    assert agg["view"] == "aggregate" and agg["truth"] == "exact"  # the 4 samples of a round
     assert agg["metrics"]["mse_median"] >= 10 * max(max(single), 1e-12)
     assert agg["metrics"]["mse_median"] > 1e-3
 
@@ -231,9 +233,51 @@ def test_the_black_box_scores_the_final_model(tmp_path: Path) -> None:
     assert "attacks_s" in result.summary["timings"]
 
 
+def test_an_attack_that_fails_leaves_an_error_row_and_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import p2pfed.adversary.analyse as analyse
+
+    def broken(*args: Any) -> list[dict[str, Any]]:
+        raise ValueError("degenerate observation")
+
+    monkeypatch.setitem(analyse._ATTACKS, "membership", broken)
+    cfg = _gossip(
+        adversaries=[{"role": "eavesdropper", "target": 2}, {"role": "black_box", "candidates": 20}]
+    )
+    result = run(cfg, out=tmp_path / "run")
+    rows = result.summary["attacks"]
+    assert rows[0]["metrics"]["mse_median"] < 1e-10  # the other attacks still ran
+    assert rows[1]["error"] == "ValueError: degenerate observation" and rows[1]["metrics"] == {}
+    assert any("membership failed" in w for w in result.summary["warnings"])
+    saved = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert saved["attacks"][1]["error"] and "attacks_s" in saved["timings"]
+
+
+def test_an_observer_that_saw_no_update_says_so(tmp_path: Path) -> None:
+    """A curious peer that inverts its neighbours' consecutive shares, in a one-round run,
+    has nothing to difference: the row says not_observed (not ciphertext: nothing was
+    sealed) and reports the prior."""
+    cfg = _gossip(
+        protocol={"kind": "dpsgd", "rounds": 1},
+        adversaries=[{"role": "curious_peer", "peer": 3, "attacks": ["inversion"]}],
+    )
+    rows = _rows(run(cfg, out=tmp_path / "run"))
+    assert {r["target"] for r in rows} == {"peer 2", "peer 4"}
+    for r in rows:
+        assert r["view"] == "not_observed"
+        assert r["metrics"]["mse_median"] == r["metrics"]["baseline_mse"]
+
+
 @pytest.mark.parametrize(
     ("adversary", "message"),
     [
+        ({"role": "eavesdropper", "links": []}, "at least 1"),
+        ({"role": "black_box", "target": 6}, "queries a peer"),
+        (
+            {"role": "curious_peer", "peer": 1, "active": {}, "attacks": ["membership"]},
+            "list active",
+        ),
         ({"role": "eavesdropper"}, "either target"),
         ({"role": "eavesdropper", "target": 1, "links": [[0, 1]]}, "either target"),
         ({"role": "eavesdropper", "links": [[0, 0]]}, "not a link"),
@@ -257,6 +301,36 @@ def test_an_active_attack_needs_dpsgd() -> None:
     cfg = _star()
     cfg["adversaries"] = [{"role": "curious_peer", "peer": 1, "active": {}}]
     with pytest.raises(ConfigError, match="dpsgd"):
+        config_from_mapping(cfg)
+    secure = _gossip({"aggregation": "secagg"})
+    secure["adversaries"] = [{"role": "curious_peer", "peer": 1, "active": {}}]
+    with pytest.raises(ConfigError, match="without secure aggregation"):
+        config_from_mapping(secure)
+
+
+@pytest.mark.parametrize(
+    ("adversaries", "message"),
+    [
+        ([{"role": "black_box"}, {"role": "black_box"}], None),  # default names differ
+        ([{"role": "black_box", "name": "x"}, {"role": "black_box", "name": "x"}], "taken"),
+        (
+            [
+                {"role": "curious_peer", "peer": 1, "active": {"round": 0}},
+                {"role": "curious_peer", "peer": 1, "active": {"round": 1}},
+            ],
+            "already runs an active",
+        ),
+        ([{"role": "curious_peer", "peer": 1, "active": {"round": 3}}], "no later round"),
+    ],
+)
+def test_adversaries_are_checked_against_each_other_and_the_run(
+    adversaries: list[dict[str, Any]], message: str | None
+) -> None:
+    cfg = _gossip(adversaries=adversaries)  # 4 rounds
+    if message is None:
+        config_from_mapping(cfg)
+        return
+    with pytest.raises(ConfigError, match=message):
         config_from_mapping(cfg)
 
 

@@ -276,3 +276,32 @@ def test_cli_refuses_to_overwrite_a_run_without_the_flag(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--overwrite" in err[0] and str(tmp_path) in err[0]
     assert main([*argv, "--overwrite"]) == 0
+
+
+def test_run_prints_the_privacy_budget_and_one_line_per_attack(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = small_config(
+        model={"kind": "mlp", "hidden": [16]},
+        training={"lr": 0.1, "batch_size": 1, "local_steps": 1},
+    )
+    cfg["adversaries"] = [
+        {"role": "eavesdropper", "target": 2},
+        {"role": "black_box", "attacks": ["membership", "model_inversion"], "candidates": 20},
+    ]
+    path = write_yaml(tmp_path / "experiment.yaml", cfg)
+    rc = main(["run", str(path), "--out", str(tmp_path / "run"), "--progress", "off"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    attacks = [line for line in out.splitlines() if line.startswith("attack ")]
+    assert len(attacks) == 3, out
+    assert re.search(r"analytic_inversion on peer 2 \[isolated\]: PSNR \d{3}\.\d dB", attacks[0])
+    assert "labels 100%" in attacks[0]
+    assert re.search(r"loss_threshold on final model of 0: AUC 0\.\d{3}", attacks[1])
+    assert re.search(r"mi_face .*: \d+% of classes recognised", attacks[2])
+    assert "privacy       :" not in out  # no DP, no budget line
+    args = ["run", str(path), "--out", str(tmp_path / "dp"), "--progress", "off"]
+    dp = main([*args, "--set", "dp.clip=1.0", "--set", "adversaries=[]"])
+    out, _ = capsys.readouterr()
+    assert dp == 0
+    assert re.search(r"privacy\s+: epsilon <= \d+(\.\d+)? at delta 1e-05 \(update DP", out), out

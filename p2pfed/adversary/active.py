@@ -12,8 +12,8 @@ active_membership_scores`).
 
 The candidates are chosen from the run's seed, the same way wherever they are needed (on
 the peer's host to push, in the driver to score): half from the training data of ``p``'s
-first out-neighbour at that round (members), half from held-out data (non-members) — the
-attacker's membership question is about that neighbour.
+first out-neighbour at that round (members), half from held-out data with the same labels
+(non-members) — the attacker's membership question is about that neighbour.
 
 Threat model: a participant that deviates from the protocol at one round by sharing a
 crafted model; it costs the run that round's contribution of ``p`` (and some accuracy).
@@ -61,13 +61,34 @@ def active_candidates(
     rng = np.random.default_rng(seed)
     half = min(cfg.candidates // 2, len(shards[k]), len(dataset.x_test))
     members = rng.choice(np.asarray(shards[k]), size=half, replace=False)
-    others = rng.choice(len(dataset.x_test), size=half, replace=False)
+    others = matched_nonmembers(dataset.y_train[members], dataset.y_test, rng)
     return Candidates(
         x=np.concatenate([dataset.x_train[members], dataset.x_test[others]]),
         y=np.concatenate([dataset.y_train[members], dataset.y_test[others]]),
         is_member=np.concatenate([np.ones(half, bool), np.zeros(half, bool)]),
         neighbour=int(k),
     )
+
+
+def matched_nonmembers(
+    member_labels: np.ndarray, pool_labels: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """Indices into a held-out pool of one non-member per member, of the member's label where
+    the pool has one left (any label otherwise). Without the match, members drawn from one
+    peer's shard and non-members drawn from the whole test set differ in their label mix,
+    and a model that merely favours some classes separates them: a membership signal that
+    is not one."""
+    pool_labels = np.asarray(pool_labels)
+    if len(member_labels) > len(pool_labels):
+        raise ValueError("more members than held-out samples to match them with")
+    free = np.ones(len(pool_labels), bool)
+    out = np.empty(len(member_labels), dtype=np.int64)
+    for i, label in enumerate(np.asarray(member_labels)):
+        same = np.flatnonzero(free & (pool_labels == label))
+        choice = same if len(same) else np.flatnonzero(free)
+        out[i] = choice[rng.integers(len(choice))]
+        free[out[i]] = False
+    return out
 
 
 def active_seed(stream: np.random.SeedSequence, index: int) -> np.random.SeedSequence:

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from p2pfed.adversary.active import active_candidates, active_seed
+from p2pfed.adversary.active import active_candidates, active_seed, matched_nonmembers
 from p2pfed.adversary.config import AdversaryConfig
 from p2pfed.adversary.observe import FrameLog, Seen
 from p2pfed.adversary.views import (
@@ -44,6 +44,7 @@ from p2pfed.adversary.views import (
     client_updates,
     consecutive_updates,
     dpsgd_updates,
+    is_ciphertext,
     last_models,
     secure_updates,
 )
@@ -66,6 +67,7 @@ from p2pfed.models.flat import set_flat
 from p2pfed.protocol.codec import Codec
 from p2pfed.protocol.dpsgd import ModelShare
 from p2pfed.topology import TopologySchedule
+from p2pfed.training import params_digest
 
 
 @dataclass
@@ -86,11 +88,12 @@ class RunFacts:
     shards: Sequence[np.ndarray]
     final_models: dict[int, np.ndarray]
     lr: float
-    single_step: bool  # one SGD step per round: an update is a scaled gradient
+    single_step: bool  # one plain SGD step per round: an update is a scaled gradient
     fixed: FixedPoint | None  # the secure sums' encoding
     seed: np.random.SeedSequence
     training: Any = None  # TrainingConfig, for shadow models
-    local_steps: int = 1  # SGD steps of one local training (the first peer's)
+    local_steps: Sequence[int] = (1,)  # SGD steps of one local training, per peer
+    trained_on: dict[int, tuple[tuple[bytes, np.ndarray], ...]] = field(default_factory=dict)
     dp: Any = None  # DPConfig, for shadow models
     rounds: int = 1
     images: dict[str, list[np.ndarray]] = field(default_factory=dict)
@@ -101,7 +104,11 @@ def _params_in(facts: RunFacts) -> int:
 
 
 def analyse(facts: RunFacts) -> list[dict[str, Any]]:
-    """Run every adversary's attacks; one row per (adversary, attack, target)."""
+    """Run every adversary's attacks; one row per (adversary, attack, target).
+
+    An attack that fails on what it was given (a degenerate observation, a diverged model:
+    ``ValueError``, ``ArithmeticError``, ``RuntimeError``) gives one row with its ``error``
+    instead of metrics, and the others still run; anything else is a bug and propagates."""
     rows: list[dict[str, Any]] = []
     seeds = facts.seed.spawn(max(len(facts.adversaries), 1))
     for index, (adv, log, ss) in enumerate(zip(facts.adversaries, facts.logs, seeds, strict=False)):
@@ -109,7 +116,20 @@ def analyse(facts: RunFacts) -> list[dict[str, Any]]:
         seen = log.decode(facts.codec) if log is not None else []
         rng = np.random.default_rng(ss)
         for attack in adv.chosen_attacks:
-            rows += _ATTACKS[attack](facts, adv, label, seen, rng)
+            try:
+                rows += _ATTACKS[attack](facts, adv, label, seen, rng)
+            except (ValueError, ArithmeticError, RuntimeError) as exc:
+                rows.append(
+                    {
+                        "adversary": label,
+                        "role": adv.role,
+                        "threat_model": _threat(adv, facts),
+                        "protection": facts.protection,
+                        "attack": attack,
+                        "error": f"{type(exc).__name__}: {exc}",
+                        "metrics": {},
+                    }
+                )
     return rows
 
 
@@ -267,7 +287,7 @@ def _inverting_gradients(
         _at(facts, u),
         u.update,
         lr_local=facts.lr,
-        local_steps=facts.local_steps,
+        local_steps=facts.local_steps[u.peer] if u.peer < len(facts.local_steps) else 1,
         num_features=_params_in(facts),
         num_classes=facts.dataset.num_classes,
         image_shape=shape,
@@ -276,6 +296,32 @@ def _inverting_gradients(
         box=box,
     )
     return found.reconstruction[0], found.labels[0]
+
+
+def _truth(
+    facts: RunFacts, peers: Sequence[int], start: np.ndarray | None
+) -> tuple[np.ndarray, str]:
+    """The training samples behind an update (global row ids) and how they were found:
+    ``exact`` — the samples of the trainings of ``peers`` that began at ``start`` (what the
+    peers really trained on, matched by the model they started from); ``shard`` — the
+    peers' whole shards when no recorded training matches (the update's start is unknown,
+    as for shares and masked vectors)."""
+    if start is not None:
+        digest = params_digest(start)
+        rows = [
+            np.asarray(facts.shards[p])[local]
+            for p in peers
+            for d, local in facts.trained_on.get(p, ())
+            if d == digest and len(local)
+        ]
+        if rows:
+            return np.unique(np.concatenate(rows)), "exact"
+    return np.unique(np.concatenate([np.asarray(facts.shards[p]) for p in peers])), "shard"
+
+
+def _opaque(seen: Sequence[Seen], sender: int) -> bool:
+    """Whether the adversary saw frames from ``sender`` that it could not read."""
+    return any(s.src == sender and is_ciphertext(s) for s in seen)
 
 
 def _reconstruction_rows(
@@ -287,71 +333,78 @@ def _reconstruction_rows(
     inverter: Inverter = _analytic,
     attack: str = "analytic_inversion",
 ) -> list[dict[str, Any]]:
+    """Reconstruct from every update the adversary isolated and score each against the
+    samples the peer really trained on for it (the nearest of them for a batch), next to
+    the adversary's prior (the dataset-mean image) scored the same way."""
     ds = facts.dataset
     box = (float(ds.x_train.min()), float(ds.x_train.max()))
+    peak = box[1] - box[0] or 1.0
     prior = ds.x_train.mean(axis=0)
     rows = []
-    watched = _watched(adv, facts)
-    aggregate = adv.role == "curious_coordinator" and facts.coordinator is not None
-    targets: list[tuple[int, list[ObservedUpdate]]] = [
-        (p, updates_for(adv, facts, seen, p)) for p in watched
+    targets: list[tuple[int, list[int], list[ObservedUpdate]]] = [
+        (p, [p], updates_for(adv, facts, seen, p)) for p in _watched(adv, facts)
     ]
-    if aggregate:
-        assert facts.coordinator is not None
-        targets.append((facts.coordinator, aggregate_updates(seen, facts.coordinator)))
-    for peer, updates in targets:
-        if peer == facts.coordinator:
-            pool_idx = np.concatenate(list(facts.shards))
-            who = "the aggregate"
-        else:
-            pool_idx = np.asarray(facts.shards[peer])
-            who = f"peer {peer}"
-        pool, pool_y = ds.x_train[pool_idx], ds.y_train[pool_idx]
+    if adv.role == "curious_coordinator" and facts.coordinator is not None:
+        clients = list(range(facts.num_peers))
+        targets.append((facts.coordinator, clients, aggregate_updates(seen, facts.coordinator)))
+    for who_id, owners, updates in targets:
+        aggregate = who_id == facts.coordinator
+        if aggregate and not updates and not _opaque(seen, who_id):
+            continue  # no global model went by (not a star run): nothing to report
         chosen = updates[-adv.max_observations :]
-        recs, truths, guessed, true_labels = [], [], [], []
+        recs, truths, priors, guessed, true_labels, how = [], [], [], [], [], set()
         for u in chosen:
             x, lab = inverter(u, facts, box)
             if x is None:
                 continue
+            rows_ids, found = _truth(facts, owners, u.start)
+            pool = ds.x_train[rows_ids]
             k = _nearest(x, pool)
             recs.append(x)
             truths.append(pool[k])
+            priors.append(pool[_nearest(prior, pool)])
+            how.add(found)
             if lab is not None:
                 guessed.append(lab)
-                true_labels.append(int(pool_y[k]))
-        view = chosen[-1].view if chosen else "ciphertext"
-        if not recs:  # nothing readable: the adversary's best guess is its prior
-            if peer == facts.coordinator and not updates:
-                continue  # no aggregate observed (not a star run): nothing to report
-            k = _nearest(prior, pool)
-            recs, truths, view = [prior], [pool[k]], "ciphertext" if not updates else view
+                true_labels.append(int(ds.y_train[rows_ids[k]]))
+        if chosen:
+            view = chosen[-1].view
+        else:
+            view = "ciphertext" if _opaque(seen, who_id) else "not_observed"
+        if not recs:  # nothing it could invert: its best guess is its prior
+            rows_ids, found = _truth(facts, owners, None)
+            pool = ds.x_train[rows_ids]
+            near = pool[_nearest(prior, pool)]
+            recs, truths, priors, how = [prior], [near], [near], {found}
         r, t = np.stack(recs), np.stack(truths)
         errors = np.atleast_1d(mse(r, t))
-        base = np.atleast_1d(mse(np.broadcast_to(prior, t.shape), t))
+        base = np.atleast_1d(mse(np.broadcast_to(prior, t.shape), np.stack(priors)))
         metrics: dict[str, float] = {
             "mse_median": float(np.median(errors)),
-            "psnr_median": float(np.median(psnr(errors))),
+            "psnr_median": float(np.median(psnr(errors, peak))),
             "baseline_mse": float(np.median(base)),
             "reconstructions": float(len(recs)),
         }
         if guessed:
             metrics["label_accuracy"] = float(np.mean(np.array(guessed) == np.array(true_labels)))
-        image = f"attack-{label}-{attack}-{peer}"
+        image = f"attack-{label}-{attack}-{who_id}"
         facts.images[image] = [t, r]
-        rows.append(
-            {
-                "adversary": label,
-                "role": adv.role,
-                "threat_model": _threat(adv, facts),
-                "protection": facts.protection,
-                "attack": attack,
-                "target": who,
-                "view": view,
-                "observations": len(updates),
-                "metrics": metrics,
-                "image": f"{image}.png",
-            }
-        )
+        row: dict[str, Any] = {
+            "adversary": label,
+            "role": adv.role,
+            "threat_model": _threat(adv, facts),
+            "protection": facts.protection,
+            "attack": attack,
+            "target": "the aggregate" if aggregate else f"peer {who_id}",
+            "view": view,
+            "truth": "exact" if how == {"exact"} else "shard" if how == {"shard"} else "mixed",
+            "observations": len(updates),
+            "metrics": metrics,
+            "image": f"{image}.png",
+        }
+        if attack == "idlg" and not facts.single_step:
+            row["note"] = "local training is not one plain SGD step: iDLG reads it as one"
+        rows.append(row)
     return rows
 
 
@@ -365,12 +418,13 @@ def _losses(model: nn.Module, params: np.ndarray, x: np.ndarray, y: np.ndarray) 
 def _candidates(
     facts: RunFacts, owners: Sequence[int], count: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``count`` members (from ``owners``' shards) and as many non-members (held out)."""
+    """``count`` members (from ``owners``' shards) and as many held-out non-members with the
+    same labels (see :func:`matched_nonmembers`)."""
     ds = facts.dataset
     members = np.concatenate([np.asarray(facts.shards[p]) for p in owners])
     k = min(count, len(members), len(ds.x_test))
     mi = rng.choice(members, size=k, replace=False)
-    ni = rng.choice(len(ds.x_test), size=k, replace=False)
+    ni = matched_nonmembers(ds.y_train[mi], ds.y_test, rng)
     x = np.concatenate([ds.x_train[mi], ds.x_test[ni]])
     y = np.concatenate([ds.y_train[mi], ds.y_test[ni]])
     is_member = np.concatenate([np.ones(k, bool), np.zeros(k, bool)])
@@ -404,9 +458,9 @@ def _membership_row(
 
 
 def _final_target(adv: AdversaryConfig, facts: RunFacts) -> int:
-    if adv.target is not None:
-        return adv.target
-    return facts.coordinator if facts.coordinator is not None else 0
+    """The peer whose final model a black box queries (peer 0 by default: a coordinator's
+    or relay's model need not be what the peers end with — under HE it never changes)."""
+    return adv.target if adv.target is not None else 0
 
 
 def _membership_rows(
@@ -595,7 +649,7 @@ def _active_rows(
     :func:`~p2pfed.attacks.membership.active_membership_scores`), and, for comparison, the
     passive loss-threshold attack on that same model."""
     assert adv.active is not None and adv.peer is not None
-    index = list(facts.adversaries).index(adv)
+    index = next(i for i, a in enumerate(facts.adversaries) if a is adv)
     cands = active_candidates(
         adv.active,
         adv.peer,
@@ -638,16 +692,23 @@ def _active_rows(
     start = None
     if own and own[0].start is not None:
         start = _losses(facts.template, own[0].start, cands.x, cands.y)
-    scores = active_membership_scores(before, after, start_losses=start)
+    # Nasr et al.'s score, the loss drop from the pushed model; net of the raise it caused
+    # (how far below its round-start loss a candidate ends); and the passive attack on the
+    # same model, for comparison
+    extra = {"auc_passive": membership_auc(-after, cands.is_member)}
+    if start is not None:
+        net = active_membership_scores(before, after, start_losses=start)
+        extra["auc_net_of_raise"] = membership_auc(net, cands.is_member)
+        extra["raise_mean"] = float(np.mean(before - start))
     row = _membership_row(
         facts,
         adv,
         label,
         "active_membership",
         target,
-        scores,
+        active_membership_scores(before, after),
         cands.is_member,
-        {"auc_passive": membership_auc(-after, cands.is_member)},
+        extra,
     )
     row["threat_model"] += " (active: pushes gradient ascent)"
     return [row]

@@ -43,6 +43,9 @@ AttackName = Literal[
     "model_inversion",
 ]
 
+#: The attacks that reconstruct training samples (scored against what the peers trained on).
+RECONSTRUCTIONS = frozenset({"inversion", "dlg", "inverting_gradients"})
+
 #: What each role can run, its defaults first.
 ROLE_ATTACKS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "eavesdropper": (("inversion",), ("inversion", "dlg", "inverting_gradients")),
@@ -80,7 +83,7 @@ class AdversaryConfig(BaseModel):
         None, ge=0, description="eavesdropper: tap every link of this peer; black_box: query it"
     )
     links: list[tuple[StrictInt, StrictInt]] | None = Field(
-        None, description="eavesdropper: the links it taps (unordered pairs)"
+        None, min_length=1, description="eavesdropper: the links it taps (unordered pairs)"
     )
     peer: StrictInt | None = Field(None, ge=0, description="curious_peer: which peer it is")
     attacks: list[AttackName] | None = Field(None, description="default: the role's defaults")
@@ -122,6 +125,11 @@ class AdversaryConfig(BaseModel):
                 raise ValueError(f"attacks: a {role} cannot run {attack!r} (it can: {allowed})")
         if "active" in self.chosen_attacks and self.active is None:
             raise ValueError("attacks: active needs the active section (round, candidates, lr)")
+        if self.active is not None and "active" not in self.chosen_attacks:
+            raise ValueError(
+                "active: the attack pushes a crafted model; list active in attacks too (or "
+                "leave attacks out), or drop the active section"
+            )
         return self
 
     @property
@@ -139,6 +147,12 @@ class AdversaryConfig(BaseModel):
         participants = num_peers + int(has_coordinator)
         if self.role == "curious_coordinator" and not has_coordinator:
             raise ValueError("a curious_coordinator needs a protocol with a coordinator")
+        if self.role == "black_box" and self.target is not None and self.target >= num_peers:
+            # a coordinator's or relay's model need not be what the peers end with (under HE
+            # it never changes): the black box queries a peer's final model
+            raise ValueError(
+                f"target {self.target}: a black box queries a peer, 0..{num_peers - 1}"
+            )
         if self.peer is not None and self.peer >= num_peers:
             raise ValueError(f"peer {self.peer}: the run has peers 0..{num_peers - 1}")
         if self.target is not None and self.target >= participants:

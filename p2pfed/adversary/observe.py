@@ -64,8 +64,10 @@ class FrameLog:
             self.frames.append((t, src, dst, bytes(frame)))
 
     def decode(self, codec: Codec) -> list[Seen]:
+        """The frames in time order (stable: a Ray driver replays hosts' records host by
+        host), decoded where the adversary can read them."""
         out = []
-        for t, src, dst, frame in self.frames:
+        for t, src, dst, frame in sorted(self.frames, key=lambda f: f[0]):
             try:
                 message: Message | None = codec.decode(frame).message
             except FrameError:

@@ -26,6 +26,12 @@ isolate depends on the protocol and on what it saw:
 Ciphertext (sealed frames, HE messages) yields no update: the adversary's best guess is
 then its prior (the dataset-mean image in the reports).
 
+The D-PSGD isolation assumes the peer mixed exactly the models the observer saw arrive for
+the round. That holds when every share arrives in time; with frame loss, a round timeout or
+an on-path attacker, a share the wire carried may have been skipped (its weight stayed with
+the peer), and the isolated update then carries ``W_jk (h_k − h_j)`` for each such
+neighbour.
+
 Pure: numpy only.
 """
 
@@ -41,8 +47,31 @@ from p2pfed.adversary.observe import Seen
 from p2pfed.crypto.fixedpoint import FixedPoint
 from p2pfed.protocol.dpsgd import ModelShare
 from p2pfed.protocol.fed import AsyncUpdate, ClientDelta, ClientUpdate, GlobalModel
+from p2pfed.protocol.he import (
+    HeAggregate,
+    HeNeighbourSum,
+    HePartial,
+    HePartials,
+    HeShare,
+    HeUpdate,
+)
 from p2pfed.protocol.secure import SaMasked, SsShare
 from p2pfed.topology import TopologySchedule
+
+#: messages whose payload is encrypted: the observer reads their envelope, not their content
+CIPHERTEXT: tuple[type, ...] = (
+    HeAggregate,
+    HeUpdate,
+    HePartial,
+    HePartials,
+    HeShare,
+    HeNeighbourSum,
+)
+
+
+def is_ciphertext(seen: Seen) -> bool:
+    """Whether an observed frame's content was opaque to the adversary."""
+    return seen.message is None or isinstance(seen.message, CIPHERTEXT)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
+
 from p2pfed.protocol.codec import FrameSize
 from p2pfed.protocol.core import Protocol as PeerProtocol
 from p2pfed.training import LocalTrainer
@@ -53,6 +55,8 @@ class PeerReport:
     diverged: bool
     done: bool
     trainings: int = 0
+    #: (start-model digest, shard rows) per training, when the trainer recorded them
+    trained_on: tuple[tuple[bytes, np.ndarray], ...] = ()
 
     @classmethod
     def of(cls, slot: PeerSlot) -> PeerReport:
@@ -63,6 +67,7 @@ class PeerReport:
             slot.diverged,
             slot.done,
             slot.trainings,
+            tuple(slot.trainer.trained_on) if slot.trainer is not None else (),
         )
 
 
