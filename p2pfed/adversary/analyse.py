@@ -119,18 +119,24 @@ def analyse(facts: RunFacts) -> list[dict[str, Any]]:
             try:
                 rows += _ATTACKS[attack](facts, adv, label, seen, rng)
             except (ValueError, ArithmeticError, RuntimeError) as exc:
-                rows.append(
-                    {
-                        "adversary": label,
-                        "role": adv.role,
-                        "threat_model": _threat(adv, facts),
-                        "protection": facts.protection,
-                        "attack": attack,
-                        "error": f"{type(exc).__name__}: {exc}",
-                        "metrics": {},
-                    }
-                )
+                rows.append(_row(facts, adv, label, attack, error=f"{type(exc).__name__}: {exc}"))
     return rows
+
+
+def _row(
+    facts: RunFacts, adv: AdversaryConfig, label: str, attack: str, **fields: Any
+) -> dict[str, Any]:
+    """A report row: who, under which threat model and protection, which attack; then the
+    attack's own fields (``metrics`` empty unless given)."""
+    return {
+        "adversary": label,
+        "role": adv.role,
+        "threat_model": _threat(adv, facts),
+        "protection": facts.protection,
+        "attack": attack,
+        "metrics": {},
+        **fields,
+    }
 
 
 # --- reconstruction --------------------------------------------------------------------
@@ -389,19 +395,18 @@ def _reconstruction_rows(
             metrics["label_accuracy"] = float(np.mean(np.array(guessed) == np.array(true_labels)))
         image = f"attack-{label}-{attack}-{who_id}"
         facts.images[image] = [t, r]
-        row: dict[str, Any] = {
-            "adversary": label,
-            "role": adv.role,
-            "threat_model": _threat(adv, facts),
-            "protection": facts.protection,
-            "attack": attack,
-            "target": "the aggregate" if aggregate else f"peer {who_id}",
-            "view": view,
-            "truth": "exact" if how == {"exact"} else "shard" if how == {"shard"} else "mixed",
-            "observations": len(updates),
-            "metrics": metrics,
-            "image": f"{image}.png",
-        }
+        row = _row(
+            facts,
+            adv,
+            label,
+            attack,
+            target="the aggregate" if aggregate else f"peer {who_id}",
+            view=view,
+            truth="exact" if how == {"exact"} else "shard" if how == {"shard"} else "mixed",
+            observations=len(updates),
+            metrics=metrics,
+            image=f"{image}.png",
+        )
         if attack == "idlg" and not facts.single_step:
             row["note"] = "local training is not one plain SGD step: iDLG reads it as one"
         rows.append(row)
@@ -441,20 +446,13 @@ def _membership_row(
     is_member: np.ndarray,
     extra: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    return {
-        "adversary": label,
-        "role": adv.role,
-        "threat_model": _threat(adv, facts),
-        "protection": facts.protection,
-        "attack": attack,
-        "target": target,
-        "metrics": {
-            "auc": membership_auc(scores, is_member),
-            "tpr_at_1pct_fpr": tpr_at_fpr(scores, is_member, 0.01),
-            "candidates": float(len(scores)),
-            **(extra or {}),
-        },
+    metrics = {
+        "auc": membership_auc(scores, is_member),
+        "tpr_at_1pct_fpr": tpr_at_fpr(scores, is_member, 0.01),
+        "candidates": float(len(scores)),
+        **(extra or {}),
     }
+    return _row(facts, adv, label, attack, target=target, metrics=metrics)
 
 
 def _final_target(adv: AdversaryConfig, facts: RunFacts) -> int:
@@ -609,23 +607,23 @@ def _model_inversion_rows(
     means = np.stack([ds.x_train[ds.y_train == c].mean(axis=0) for c in classes])
     image = f"attack-{label}-model_inversion"
     facts.images[image] = [means, images]
+    metrics = {
+        "judge_accuracy": float(np.mean(judged == np.array(classes))),
+        "target_confidence_mean": float(np.mean([r.confidence for r in inv])),
+        "judge_accuracy_on_class_means": float(np.mean(judge.predict(means) == classes)),
+        "mse_to_class_mean": float(np.median(mse(images, means))),
+    }
     return [
-        {
-            "adversary": label,
-            "role": adv.role,
-            "threat_model": _threat(adv, facts),
-            "protection": facts.protection,
-            "attack": "mi_face",
-            "target": f"final model of {target}",
-            "metrics": {
-                "judge_accuracy": float(np.mean(judged == np.array(classes))),
-                "target_confidence_mean": float(np.mean([r.confidence for r in inv])),
-                "judge_accuracy_on_class_means": float(np.mean(judge.predict(means) == classes)),
-                "mse_to_class_mean": float(np.median(mse(images, means))),
-            },
-            "image": f"{image}.png",
-            "image_rows": ["class mean", "inversion"],
-        }
+        _row(
+            facts,
+            adv,
+            label,
+            "mi_face",
+            target=f"final model of {target}",
+            metrics=metrics,
+            image=f"{image}.png",
+            image_rows=["class mean", "inversion"],
+        )
     ]
 
 
@@ -670,20 +668,17 @@ def _active_rows(
             received = m.params
     target = f"peer {cands.neighbour}'s model after the push (round {r + 1})"
     if pushed is None or received is None:
-        return [
-            {
-                "adversary": label,
-                "role": adv.role,
-                "threat_model": _threat(adv, facts) + " (active: pushes gradient ascent)",
-                "protection": facts.protection,
-                "attack": "active_membership",
-                "target": target,
-                "view": "none",
-                "note": "the pushed model or the neighbour's next model was not observed "
-                "in plaintext",
-                "metrics": {},
-            }
-        ]
+        row = _row(
+            facts,
+            adv,
+            label,
+            "active_membership",
+            target=target,
+            view="none",
+            note="the pushed model or the neighbour's next model was not observed in plaintext",
+        )
+        row["threat_model"] += " (active: pushes gradient ascent)"
+        return [row]
     before = _losses(facts.template, pushed, cands.x, cands.y)
     after = _losses(facts.template, received, cands.x, cands.y)
     # the raise differs between candidates: take it off the drop, from the losses in the
