@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib.resources
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -30,13 +30,14 @@ from pydantic import (
     model_validator,
 )
 
-from p2pfed.adversary.config import AdversaryConfig
+from p2pfed.adversary.config import AdversaryConfig, OnPathConfig, PoisonerConfig
 from p2pfed.crypto.config import SecurityConfig
 from p2pfed.data import DataConfig, PartitionConfig
 from p2pfed.errors import ConfigError
 from p2pfed.fields import Real
 from p2pfed.models import ModelConfig
 from p2pfed.privacy.dp import DPConfig
+from p2pfed.robust import RobustConfig
 from p2pfed.timing import NetworkConfig, TimeConfig
 from p2pfed.topology import TopologySpec
 from p2pfed.training import TrainingConfig
@@ -55,6 +56,7 @@ _PROTOCOL_KEYS = {
     "staleness": ("fedasync", "fedbuff"),
     "staleness_exponent": ("fedasync", "fedbuff"),
     "buffer_size": ("fedbuff",),
+    "robust": ("dpsgd", "fedavg"),
 }
 
 
@@ -87,6 +89,11 @@ class ProtocolConfig(BaseModel):
     )
     buffer_size: StrictInt | None = Field(
         None, ge=1, description="fedbuff: updates per server step; null: min(n, 10)"
+    )
+    robust: RobustConfig = Field(
+        RobustConfig(),
+        description="dpsgd: each peer's neighbourhood rule; fedavg: the coordinator's "
+        "(p2pfed.robust)",
     )
 
     @model_validator(mode="after")
@@ -247,9 +254,9 @@ class ExperimentConfig(BaseModel):
     eval: EvalConfig = EvalConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     output: OutputConfig = OutputConfig()
-    adversaries: list[AdversaryConfig] = Field(
-        default_factory=list, description="who watches the run (p2pfed.adversary)"
-    )
+    adversaries: list[
+        Annotated[AdversaryConfig | PoisonerConfig | OnPathConfig, Field(discriminator="role")]
+    ] = Field(default_factory=list, description="who watches or attacks the run (p2pfed.adversary)")
 
     @model_validator(mode="after")
     def _cross_section(self) -> ExperimentConfig:
@@ -304,20 +311,72 @@ class ExperimentConfig(BaseModel):
         for peer in self.time.slowdown:
             if peer >= n:
                 raise ValueError(f"time.slowdown names peer {peer}, but the topology has {n}")
+        if self.robust_rule != "mean" and (sec.secure_aggregation or sec.homomorphic):
+            raise ValueError(
+                f"protocol.robust.rule {self.robust_rule} needs to see every input, but under "
+                f"security.aggregation {sec.aggregation} the aggregator holds only their sum "
+                "(robust rules over sums, or norm bounds proven before masking, are not "
+                "implemented): use rule mean there, or drop secure aggregation"
+            )
         self._check_adversaries()
         return self
 
+    @property
+    def robust_rule(self) -> str:
+        return self.protocol.robust.rule
+
+    @property
+    def observers(self) -> list[tuple[int, AdversaryConfig]]:
+        """The adversaries that watch, with their places in ``adversaries``."""
+        return [(k, a) for k, a in enumerate(self.adversaries) if isinstance(a, AdversaryConfig)]
+
+    @property
+    def poisoners(self) -> list[tuple[int, PoisonerConfig]]:
+        return [(k, a) for k, a in enumerate(self.adversaries) if isinstance(a, PoisonerConfig)]
+
+    @property
+    def on_path(self) -> list[tuple[int, OnPathConfig]]:
+        return [(k, a) for k, a in enumerate(self.adversaries) if isinstance(a, OnPathConfig)]
+
     def _check_adversaries(self) -> None:
         n, active, names = self.topology.n, set(), set()
-        for k, adv in enumerate(self.adversaries):
+        participants = n + int(self.has_coordinator)
+        poisoned: set[int] = set()
+        for k, any_adv in enumerate(self.adversaries):
+            label = any_adv.label(k)
+            if label in names:
+                raise ValueError(f"adversaries[{k}]: the name {label} is taken: names label rows")
+            names.add(label)
+            if isinstance(any_adv, PoisonerConfig):
+                bad = [p for p in any_adv.peers if p >= n]
+                if bad:
+                    raise ValueError(f"adversaries[{k}]: peers {bad}: the run has peers 0..{n - 1}")
+                if poisoned & set(any_adv.peers):
+                    raise ValueError(
+                        f"adversaries[{k}]: peers {sorted(poisoned & set(any_adv.peers))} "
+                        "already poison (one behaviour per peer)"
+                    )
+                poisoned |= set(any_adv.peers)
+                f = len(any_adv.peers)
+                if any_adv.behaviour == "alie" and any_adv.z is None and f > n // 2:
+                    raise ValueError(
+                        f"adversaries[{k}]: ALIE's z needs a Byzantine minority ({f} of {n}); "
+                        "give z explicitly"
+                    )
+                continue
+            if isinstance(any_adv, OnPathConfig):
+                for a, b in any_adv.links:
+                    if max(a, b) >= participants:
+                        raise ValueError(
+                            f"adversaries[{k}]: links: ({a}, {b}) names a participant the run "
+                            f"does not have (0..{participants - 1})"
+                        )
+                continue
+            adv = any_adv
             try:
                 adv.check_peers(n, self.has_coordinator)
             except ValueError as exc:
                 raise ValueError(f"adversaries[{k}]: {exc}") from None
-            label = adv.label(k)
-            if label in names:
-                raise ValueError(f"adversaries[{k}]: the name {label} is taken: names label rows")
-            names.add(label)
             if adv.active is None:
                 continue
             if (

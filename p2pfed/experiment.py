@@ -35,7 +35,8 @@ import torch
 
 from p2pfed.adversary import AdversaryConfig, FrameLog
 from p2pfed.adversary.active import ActiveRelease, active_candidates, active_seed
-from p2pfed.adversary.config import RECONSTRUCTIONS
+from p2pfed.adversary.config import DATA_BEHAVIOURS, RECONSTRUCTIONS
+from p2pfed.adversary.poisoner import Board, OnPath, Poisoner
 from p2pfed.config import (
     DEFAULT_SOURCE,
     ExperimentConfig,
@@ -49,6 +50,8 @@ from p2pfed.crypto.secagg import pair_key_directory, pair_keys, pair_seed
 from p2pfed.data import Dataset, label_histograms, load_dataset, partition
 from p2pfed.errors import ConfigError, DataError, ModelError, ProtocolError, TopologyError
 from p2pfed.models import build_model, get_flat
+from p2pfed.models.flat import set_flat
+from p2pfed.poison.data import flip_labels, poison_dataset, triggered_test_set
 from p2pfed.privacy.accountant import gaussian_epsilon, sampled_gaussian_epsilon
 from p2pfed.progress import ProgressReporter
 from p2pfed.protocol import FED_PROTOCOLS, PROTOCOLS, Codec, build_fed_protocol, build_protocol
@@ -74,6 +77,7 @@ from p2pfed.protocol.secure import (
     secure_settings,
 )
 from p2pfed.results import RunRecorder, final_accuracy, finite, read_metrics
+from p2pfed.robust import RobustError, check
 from p2pfed.runtime.base import Interceptor, PeerReport, PeerSlot, RunObserver, Tap
 from p2pfed.runtime.local import LocalRuntime, RunOutcome
 from p2pfed.timing import CostModel, NetworkModel
@@ -230,7 +234,7 @@ def _section(key: str) -> Iterator[None]:
         yield
     except ConfigError:
         raise
-    except (TopologyError, DataError, ModelError, ProtocolError) as exc:
+    except (TopologyError, DataError, ModelError, ProtocolError, RobustError) as exc:
         raise ConfigError(str(exc), key=key) from None
 
 
@@ -271,7 +275,9 @@ def build_world(config: ExperimentConfig) -> World:
             key="partition",
         )
     samples = [samples_per_round(len(s), tcfg) for s in shards]
-    for k, adv in enumerate(config.adversaries):
+    with _section("protocol.robust"):
+        _check_robust(config, schedule)
+    for k, adv in config.observers:
         if adv.active is None or adv.peer is None:
             continue
         if not schedule.at(adv.active.round).out_neighbours(adv.peer):
@@ -311,6 +317,24 @@ def build_world(config: ExperimentConfig) -> World:
         pair_publics,
         he_keys,
     )
+
+
+def _check_robust(config: ExperimentConfig, schedule: TopologySchedule) -> None:
+    """The robust rule must fit every pool it will aggregate: each peer's neighbourhood (its
+    own model and its in-neighbours, in every step of the schedule) or the FedAvg cohort."""
+    rule = config.protocol.robust
+    if rule.rule == "mean":
+        return
+    if config.protocol.kind == "fedavg":
+        check(rule, config.num_peers)
+        return
+    steps = schedule.period or 1 if not schedule.is_static else 1
+    smallest = min(
+        len(schedule.at(r).in_neighbours(i)) + 1
+        for r in range(min(steps, config.protocol.rounds))
+        for i in range(config.num_peers)
+    )
+    check(rule, smallest)
 
 
 def _check_he_gossip(schedule: TopologySchedule, rounds: int) -> None:
@@ -433,6 +457,7 @@ def build_peers(world: World, ids: Sequence[int], device: str) -> list[PeerSlot]
     tcfg = config.training
     dataset = world.dataset
     peers: list[PeerSlot] = []
+    overlays = _overlays(world, ids)
     for i in ids:
         if i == n:  # the coordinator: no data, no trainer, nothing random
             with _section("protocol"):
@@ -441,27 +466,64 @@ def build_peers(world: World, ids: Sequence[int], device: str) -> list[PeerSlot]
             continue
         train_seed, protocol_seed = per_peer[i].spawn(2)
         shard = world.shards[i]
+        x, y = _poisoned_shard(world, i, dataset.x_train[shard], dataset.y_train[shard])
         with _section("data"):
             trainer = LocalTrainer(
                 copy.deepcopy(world.template),  # every peer starts from the same initial model
-                dataset.x_train[shard],
-                dataset.y_train[shard],
+                x,
+                y,
                 tcfg,
                 np.random.default_rng(train_seed),
                 device=device,
                 dp=config.dp,
             )
         trainer.release = _active_release(world, i, trainer)
-        trainer.record = any(RECONSTRUCTIONS & set(a.chosen_attacks) for a in config.adversaries)
+        trainer.record = any(RECONSTRUCTIONS & set(a.chosen_attacks) for _, a in config.observers)
         with _section("protocol"):
             protocol = _protocol(world, i, _int_seed(protocol_seed))
-        peers.append(PeerSlot(i, protocol, protocol.initial_state(world.params0), trainer))
+        slot = PeerSlot(i, protocol, protocol.initial_state(world.params0), trainer)
+        slot.overlay = overlays.get(i)
+        peers.append(slot)
     return peers
+
+
+def _overlays(world: World, ids: Sequence[int]) -> dict[int, Poisoner]:
+    """The poisoners among ``ids``; colluders built together share one board (all of them
+    in-process, those on one host under Ray)."""
+    out: dict[int, Poisoner] = {}
+    for _, cfg in world.config.poisoners:
+        board = Board(cfg.peers)
+        for p in cfg.peers:
+            if p in ids and cfg.behaviour not in DATA_BEHAVIOURS:
+                out[p] = Poisoner(cfg, p, board, world.schedule, world.num_peers)
+    return out
+
+
+def _poisoned_shard(
+    world: World, peer: int, x: np.ndarray, y: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """A data poisoner's shard: labels flipped, or a share of it stamped with the backdoor
+    trigger and relabelled (its own seeded stream)."""
+    for _, cfg in world.config.poisoners:
+        if peer not in cfg.peers or cfg.behaviour not in DATA_BEHAVIOURS:
+            continue
+        rng = np.random.default_rng([cfg.seed, peer, 1])
+        if cfg.behaviour == "label_flip":
+            return x, flip_labels(y, world.dataset.num_classes, fraction=cfg.fraction, rng=rng)
+        shape = _image_shape(world)
+        return poison_dataset(x, y, cfg.target_class, cfg.fraction, shape, rng)
+    return x, y
+
+
+def _image_shape(world: World) -> tuple[int, int, int]:
+    """The data's image shape; tabular data counts as one row of pixels."""
+    shape = world.dataset.image_shape
+    return shape if shape is not None else (1, 1, world.dataset.num_features)
 
 
 def _active_release(world: World, peer: int, trainer: LocalTrainer) -> ActiveRelease | None:
     """The release hook of a curious peer running the active attack, if ``peer`` is one."""
-    for index, adv in enumerate(world.config.adversaries):
+    for index, adv in world.config.observers:
         if adv.role == "curious_peer" and adv.peer == peer and adv.active is not None:
             cands = active_candidates(
                 adv.active,
@@ -499,9 +561,11 @@ def _protocol(world: World, peer: int, seed: int) -> Protocol[Any]:
             staleness=pcfg.staleness,
             staleness_exponent=pcfg.staleness_exponent,
             buffer_size=pcfg.buffer_size,
+            robust=pcfg.robust,
             **common,
         )
-    return build_protocol(pcfg.kind, peer, world.schedule, **common)  # type: ignore[arg-type]
+    robust = pcfg.robust if pcfg.kind == "dpsgd" else None
+    return build_protocol(pcfg.kind, peer, world.schedule, robust=robust, **common)  # type: ignore[arg-type]
 
 
 def _secure_protocol(world: World, peer: int, seed: int) -> Protocol[Any]:
@@ -754,13 +818,14 @@ def _run(
     interceptors: Sequence[Interceptor] = (),
 ) -> Result:
     logs = adversary_logs(cfg)
-    pairs = [(adv, log) for adv, log in zip(cfg.adversaries, logs, strict=True) if log is not None]
+    pairs = [(adv, log) for (_, adv), log in zip(cfg.observers, logs, strict=True) if log]
     wire = [log for adv, log in pairs if _on_wire(adv)]
     inbox = [log for adv, log in pairs if not _on_wire(adv)]
     try:
         world = build_world(cfg)
         built_at = time.perf_counter()
-        runtime = _make_runtime(world, [*taps, *wire], interceptors, inbox)
+        on_path = [OnPath(a, world.codec) for _, a in cfg.on_path]
+        runtime = _make_runtime(world, [*taps, *wire], [*interceptors, *on_path], inbox)
         started_at = time.perf_counter()
     except ConfigError as exc:
         if exc.source is not None:
@@ -812,8 +877,10 @@ def _run(
         raise
     else:
         summary = _summary(world, runtime, recorder, outcome, time.perf_counter() - wall0)
+        if cfg.poisoners or cfg.on_path or cfg.robust_rule != "mean":
+            summary["robustness"] = _robustness(world, outcome, summary)
         summary["timings"] = timings
-        reports = runtime.peer_reports() if cfg.adversaries else []
+        reports = runtime.peer_reports() if cfg.observers else []
         recorder.log.info("run_finished", t=outcome.virtual_time, **finite(summary["final"]))
     finally:
         try:
@@ -824,7 +891,7 @@ def _run(
                 recorder.write_summary(summary)
             finally:
                 recorder.close()
-    if cfg.adversaries and outcome is not None:
+    if cfg.observers and outcome is not None:
         # after the runtime let go of its actors; the run's own results are on disk already
         attacked_at = time.perf_counter()
         try:
@@ -928,9 +995,9 @@ def _on_wire(adv: AdversaryConfig) -> bool:
 
 
 def adversary_logs(cfg: ExperimentConfig) -> list[FrameLog | None]:
-    """One frame log per adversary (``None`` for a black box: it sees no traffic)."""
+    """One frame log per observer (``None`` for a black box: it sees no traffic)."""
     logs: list[FrameLog | None] = []
-    for adv in cfg.adversaries:
+    for _, adv in cfg.observers:
         if adv.role == "eavesdropper":
             ends = [adv.target] if adv.target is not None else []
             logs.append(FrameLog(links=adv.links or (), ends=ends))
@@ -959,6 +1026,48 @@ def protection(cfg: ExperimentConfig) -> str:
     return "+".join(parts) or "plain"
 
 
+def _robustness(world: World, outcome: RunOutcome, summary: dict[str, Any]) -> dict[str, Any]:
+    """What an acting attack did to the honest peers: their mean and worst final accuracy,
+    the backdoor's success on triggered test inputs, and what the defence rejected or
+    clipped (``robust_rejected`` / ``robust_clipped``, in each rule's unit) or skipped."""
+    cfg = world.config
+    bad = {p for _, a in cfg.poisoners for p in a.peers}
+    honest = [r for r in outcome.final if r.peer not in bad]
+    accs = [r.test_acc for r in honest]
+    out: dict[str, Any] = {
+        "rule": cfg.robust_rule,
+        "poisoners": sorted(bad),
+        "honest_peers": len(honest),
+        "honest_mean_acc": float(np.mean(accs)) if accs else math.nan,
+        "honest_min_acc": float(np.min(accs)) if accs else math.nan,
+        "robust_rejected": summary["protocol_events"].get("robust_rejected", 0),
+        "robust_clipped": summary["protocol_events"].get("robust_clipped", 0),
+        "robust_skipped": summary["protocol_events"].get("robust_skipped", 0),
+        "frames_rejected": summary.get("frames_rejected", 0),
+    }
+    for k, a in cfg.poisoners:
+        if a.behaviour != "backdoor":
+            continue
+        x, _ = triggered_test_set(
+            world.dataset.x_test, world.dataset.y_test, a.target_class, _image_shape(world)
+        )
+        hits = [
+            float(np.mean(_predict(world, outcome.models[r.peer], x) == a.target_class))
+            for r in honest
+            if r.peer in outcome.models
+        ]
+        out[f"backdoor_success[{a.label(k)}]"] = float(np.mean(hits)) if hits else math.nan
+    return out
+
+
+def _predict(world: World, params: np.ndarray, x: np.ndarray) -> np.ndarray:
+    model = copy.deepcopy(world.template).cpu().float()
+    set_flat(model, np.asarray(params, dtype=np.float32))
+    model.eval()
+    with torch.no_grad():
+        return model(torch.as_tensor(x, dtype=torch.float32)).argmax(dim=1).numpy()
+
+
 def _attack_warnings(summary: dict[str, Any]) -> list[str]:
     out = []
     if "attacks_error" in summary:
@@ -985,7 +1094,8 @@ def _attacks(
         sec = cfg.security
         fixed = FixedPoint.from_range(sec.clipping_range, sec.quantization_range, sec.modulus_range)
     facts = RunFacts(
-        adversaries=cfg.adversaries,
+        adversaries=[adv for _, adv in cfg.observers],
+        indices=[k for k, _ in cfg.observers],
         logs=logs,
         codec=world.codec,
         protocol=cfg.protocol.kind,

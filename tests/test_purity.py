@@ -21,13 +21,15 @@ PURE = [
     "privacy",
     "attacks",
     "adversary",
+    "poison",
+    "robust",
     "timing.py",
     "training.py",
     "errors.py",
 ]
 FORBIDDEN = {"ray", "time", "datetime", "random"}
 # sans-IO protocols hold numpy vectors only; torch belongs to the trainer
-NO_TORCH = ["protocol", "topology", "timing.py"]
+NO_TORCH = ["protocol", "topology", "timing.py", "robust", "poison"]
 
 
 def _files(names: list[str]) -> list[Path]:

@@ -92,3 +92,12 @@ def test_readme_adversaries_block_is_a_valid_section() -> None:
         }
     )
     assert [a.role for a in cfg.adversaries] == ["eavesdropper", "curious_peer", "black_box"]
+
+
+def test_readme_poisoner_block_is_a_valid_config() -> None:
+    block = next(b for b in _blocks("yaml") if "role: poisoner" in b)
+    cfg = config_from_mapping(
+        {**yaml.safe_load(block), "topology": {"kind": "random_regular", "n": 16, "degree": 4}}
+    )
+    assert cfg.robust_rule == "clipped_gossip"
+    assert [k for k, _ in cfg.poisoners] == [0] and [k for k, _ in cfg.on_path] == [1]

@@ -75,6 +75,7 @@ class RunFacts:
     """What the analysis needs from a finished run (built by the experiment)."""
 
     adversaries: Sequence[AdversaryConfig]
+    indices: Sequence[int]  # each one's place in the config's adversaries (labels, seeds)
     logs: Sequence[FrameLog | None]  # None: a black box, which sees no traffic
     codec: Codec
     protocol: str
@@ -110,9 +111,9 @@ def analyse(facts: RunFacts) -> list[dict[str, Any]]:
     ``ValueError``, ``ArithmeticError``, ``RuntimeError``) gives one row with its ``error``
     instead of metrics, and the others still run; anything else is a bug and propagates."""
     rows: list[dict[str, Any]] = []
-    seeds = facts.seed.spawn(max(len(facts.adversaries), 1))
-    for index, (adv, log, ss) in enumerate(zip(facts.adversaries, facts.logs, seeds, strict=False)):
-        label = adv.label(index)
+    seeds = facts.seed.spawn(max(facts.indices, default=0) + 1)
+    for index, adv, log in zip(facts.indices, facts.adversaries, facts.logs, strict=True):
+        label, ss = adv.label(index), seeds[index]
         seen = log.decode(facts.codec) if log is not None else []
         rng = np.random.default_rng(ss)
         for attack in adv.chosen_attacks:
@@ -647,7 +648,7 @@ def _active_rows(
     :func:`~p2pfed.attacks.membership.active_membership_scores`), and, for comparison, the
     passive loss-threshold attack on that same model."""
     assert adv.active is not None and adv.peer is not None
-    index = next(i for i, a in enumerate(facts.adversaries) if a is adv)
+    index = next(i for i, a in zip(facts.indices, facts.adversaries, strict=True) if a is adv)
     cands = active_candidates(
         adv.active,
         adv.peer,

@@ -165,3 +165,125 @@ class AdversaryConfig(BaseModel):
                     f"links: ({a}, {b}) names a participant the run does not have "
                     f"(0..{participants - 1})"
                 )
+
+
+# --- adversaries that act ------------------------------------------------------------------
+
+
+class ScheduleConfig(BaseModel):
+    """When an acting adversary acts, on its own clock (run seconds: virtual or wall): from
+    ``start`` until ``stop``, during the first ``duty`` fraction of every ``period`` when
+    one is given, and then on each message with ``probability``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    start: Real = Field(0.0, ge=0, description="seconds into the run")
+    stop: Real | None = Field(None, gt=0, description="seconds into the run; null: never")
+    period: Real | None = Field(None, gt=0, description="seconds; null: always on")
+    duty: Real = Field(1.0, gt=0, le=1, description="share of each period it is active")
+    probability: Real = Field(1.0, ge=0, le=1, description="of acting on a given message")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ScheduleConfig:
+        if self.stop is not None and self.stop <= self.start:
+            raise ValueError(f"stop ({self.stop}) must come after start ({self.start})")
+        return self
+
+    def on(self, now: float) -> bool:
+        """Whether the schedule is active at ``now`` (before the probability draw)."""
+        if now < self.start or (self.stop is not None and now >= self.stop):
+            return False
+        if self.period is None:
+            return True
+        return (now - self.start) % self.period < self.duty * self.period
+
+
+DataBehaviour = Literal["label_flip", "backdoor"]
+ModelBehaviour = Literal["sign_flip", "gaussian", "scaling", "alie", "ipm", "dissensus"]
+TimingBehaviour = Literal["stale", "delay", "flood"]
+DATA_BEHAVIOURS = frozenset({"label_flip", "backdoor"})
+#: behaviours that read the colluders' view of honest models
+NEEDS_VIEW = frozenset({"alie", "ipm", "dissensus"})
+
+
+class PoisonerConfig(BaseModel):
+    """Peers that poison what they share (DESIGN.md section 5), colluding as one group.
+
+    * data: ``label_flip`` (labels shifted by one, mod the classes) and ``backdoor`` (a
+      ``fraction`` of the shard stamped with a corner trigger and relabelled ``target_class``)
+      poison the peers' shards before training; they act at every training.
+    * model: ``sign_flip`` (the update negated and scaled by ``scale``), ``gaussian`` (the
+      reference plus noise of std ``sigma``), ``scaling`` (model replacement: the update
+      scaled by ``scale``, default the number of clients), ``alie`` and ``ipm`` (from the
+      colluders' view of the honest models they received), ``dissensus`` (against each
+      receiving neighbour, from its honest neighbours' models the colluders saw);
+    * timing: ``stale`` (the model of ``stale_rounds`` sends ago, replayed), ``delay`` (each
+      share ``delay`` seconds late), ``flood`` (``copies`` copies of each share).
+
+    Model and timing behaviours act on the ``schedule``; data poisoning trains on the
+    poisoned shard throughout (``schedule`` must then be left at its default).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    role: Literal["poisoner"]
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$", description="report label")
+    peers: list[StrictInt] = Field(min_length=1, description="the colluding peers")
+    behaviour: DataBehaviour | ModelBehaviour | TimingBehaviour
+    schedule: ScheduleConfig = ScheduleConfig()
+    scale: Real | None = Field(None, gt=0, description="sign_flip / scaling factor")
+    sigma: Real = Field(1.0, gt=0, description="gaussian: noise std")
+    z: Real | None = Field(None, gt=0, description="alie: std multiplier; null: the paper's")
+    epsilon: Real = Field(0.5, gt=0, description="ipm / dissensus strength")
+    target_class: StrictInt = Field(0, ge=0, description="backdoor: the label triggers get")
+    fraction: Real = Field(0.5, gt=0, le=1, description="data poisoning: share of the shard")
+    stale_rounds: StrictInt = Field(3, ge=1, description="stale: how many sends back")
+    delay: Real = Field(1.0, gt=0, description="delay: seconds added to each share")
+    copies: StrictInt = Field(10, ge=2, le=10_000, description="flood: copies of each share")
+    seed: StrictInt = Field(0, ge=0, description="the poisoners' own random stream")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PoisonerConfig:
+        if len(set(self.peers)) != len(self.peers):
+            raise ValueError("peers: each poisoner once")
+        if min(self.peers) < 0:
+            raise ValueError("peers: ids are >= 0")
+        if self.behaviour in DATA_BEHAVIOURS and self.schedule != ScheduleConfig():
+            raise ValueError(
+                f"schedule: {self.behaviour} poisons the training data, which has no clock"
+            )
+        return self
+
+    def label(self, index: int) -> str:
+        return self.name or f"poisoner-{index}"
+
+
+OnPathAction = Literal["modify", "replay", "inject", "drop"]
+
+
+class OnPathConfig(BaseModel):
+    """An attacker on the path of ``links`` (DESIGN.md section 5): it ``modify``s frames
+    (their model negated, in place), ``replay``s them (each goes again ``delay`` later),
+    ``inject``s forged ones (a model of noise claiming to be from the sender) or ``drop``s
+    them, on its ``schedule``. On a plain link the receiver takes what arrives; on a sealed
+    one (``security.channel: aead``) every altered, replayed or forged frame fails to open
+    and is rejected and counted."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    role: Literal["on_path"]
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$", description="report label")
+    links: list[tuple[StrictInt, StrictInt]] = Field(min_length=1)
+    action: OnPathAction = "modify"
+    schedule: ScheduleConfig = ScheduleConfig()
+    seed: StrictInt = Field(0, ge=0, description="its own random stream")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OnPathConfig:
+        for a, b in self.links:
+            if a == b or min(a, b) < 0:
+                raise ValueError(f"links: ({a}, {b}) is not a link between two peers")
+        return self
+
+    def label(self, index: int) -> str:
+        return self.name or f"on_path-{index}"

@@ -25,6 +25,7 @@ from p2pfed.protocol.dpsgd import DPSGD, DPSGDState, ModelShare
 from p2pfed.protocol.fed import FED_PROTOCOLS, build_fed_protocol
 from p2pfed.protocol.gossip import AsyncGossip, GossipReply, GossipRequest, GossipState
 from p2pfed.protocol.pushsum import PushSum, PushSumShare, PushSumState
+from p2pfed.robust import RobustConfig
 from p2pfed.topology import TopologySchedule
 
 ProtocolKind = Literal["dpsgd", "gossip", "pushsum"]
@@ -49,11 +50,19 @@ def build_protocol(
     epochs: int = 1,
     steps: int | None = None,
     timeout: float | None = None,
+    robust: RobustConfig | None = None,
 ) -> Protocol[Any]:
-    """Build one peer's protocol instance from config values."""
+    """Build one peer's protocol instance from config values (``robust``: D-PSGD's
+    neighbourhood rule; the other kinds take none)."""
     if kind == "dpsgd":
         return DPSGD(
-            peer, schedule, rounds=rounds, epochs=epochs, steps=steps, round_timeout=timeout
+            peer,
+            schedule,
+            rounds=rounds,
+            epochs=epochs,
+            steps=steps,
+            round_timeout=timeout,
+            robust=robust,
         )
     if kind == "gossip":
         return AsyncGossip(

@@ -50,7 +50,8 @@ from p2pfed.protocol.core import (
     Train,
     TrainingDone,
 )
-from p2pfed.topology import TopologySchedule
+from p2pfed.robust import RobustConfig, RobustError, aggregate
+from p2pfed.topology import Topology, TopologySchedule
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ class DPSGD(Protocol[DPSGDState]):
         epochs: int = 1,
         steps: int | None = None,
         round_timeout: float | None = None,
+        robust: RobustConfig | None = None,
     ):
         if rounds < 1:
             raise ProtocolError("rounds must be at least 1")
@@ -103,6 +105,7 @@ class DPSGD(Protocol[DPSGDState]):
         self.epochs = epochs
         self.steps = steps
         self.round_timeout = round_timeout
+        self.robust = robust if robust is not None and robust.rule != "mean" else None
 
     def initial_state(self, params: np.ndarray) -> DPSGDState:
         return DPSGDState(params=np.array(params, dtype=np.float32))
@@ -167,6 +170,44 @@ class DPSGD(Protocol[DPSGDState]):
             return self._mix(state, force=False)
         return state, []
 
+    def _robust_mix(
+        self,
+        state: DPSGDState,
+        topo: Topology,
+        received: dict[int, np.ndarray],
+        self_weight: float,
+        effects: list[Effect],
+    ) -> np.ndarray:
+        """The neighbourhood aggregated by the robust rule (own half-step model as the
+        centre), reporting what the rule rejected and clipped (``robust_rejected`` counts
+        the rule's own unit: neighbours for Krum and BALANCE, values per coordinate for the
+        trimmed mean). A pool the rule cannot take (shrunk by timeouts) keeps the peer's
+        own model for the round (``robust_skipped``)."""
+        assert self.robust is not None and state.half is not None
+        senders = [j for j in topo.in_neighbours(self.peer) if j in received]
+        inputs = (
+            np.stack([received[j] for j in senders])
+            if senders
+            else np.zeros((0, state.half.size), np.float32)
+        )
+        try:
+            agg = aggregate(
+                self.robust,
+                state.half,
+                inputs,
+                np.array([topo.weight(self.peer, j) for j in senders]),
+                self_weight,
+                step=state.round,
+                total_steps=self.rounds,
+            )
+        except RobustError as exc:  # the pool shrank below what the rule needs (timeouts)
+            effects.append(Emit("robust_skipped", {"round": state.round, "reason": str(exc)}))
+            return state.half.astype(np.float64)
+        for name, count in (("robust_rejected", agg.rejected), ("robust_clipped", agg.clipped)):
+            if count:
+                effects.append(Emit(name, {"round": state.round, "count": count}))
+        return agg.value
+
     def _mix(self, state: DPSGDState, *, force: bool) -> tuple[DPSGDState, list[Effect]]:
         assert state.half is not None
         topo = self.schedule.at(state.round)
@@ -181,11 +222,14 @@ class DPSGD(Protocol[DPSGDState]):
         self_weight = topo.weight(self.peer, self.peer) + sum(
             topo.weight(self.peer, j) for j in missing
         )
-        mixed = self_weight * state.half.astype(np.float64)
-        for j in expected:
-            if j in received:
-                mixed += topo.weight(self.peer, j) * received[j]
         effects: list[Effect] = []
+        if self.robust is None:
+            mixed = self_weight * state.half.astype(np.float64)
+            for j in expected:
+                if j in received:
+                    mixed += topo.weight(self.peer, j) * received[j]
+        else:
+            mixed = self._robust_mix(state, topo, received, self_weight, effects)
         if alive_missing:
             state.neighbours_skipped += len(alive_missing)
             effects.append(

@@ -110,6 +110,7 @@ from p2pfed.protocol.core import (
     Train,
     TrainingDone,
 )
+from p2pfed.robust import RobustConfig, RobustError, aggregate
 
 FedKind = Literal["fedavg", "fedasync", "fedbuff"]
 StalenessKind = Literal["polynomial", "constant", "hinge"]
@@ -496,11 +497,13 @@ class FedAvgCoordinator(Protocol[FedAvgState]):
         timeout: float | None = None,
         min_fraction: float = 1.0,
         server_lr: float = 1.0,
+        robust: RobustConfig | None = None,
     ):
         _check_common(num_clients, rounds, 1, None, timeout)
         if not (math.isfinite(min_fraction) and 0 < min_fraction <= 1):
             raise ProtocolError(f"min_fraction must be in (0, 1], got {min_fraction}")
         _check_server_lr(server_lr)
+        self.robust = robust if robust is not None and robust.rule != "mean" else None
         self.peer = num_clients
         self.num_clients = num_clients
         self.rounds = rounds
@@ -591,6 +594,10 @@ class FedAvgCoordinator(Protocol[FedAvgState]):
         fields = {"round": state.round, "received": len(state.inbox), "needed": self.quorum}
         return state, [Emit("round_stalled", fields)]
 
+    def _robust_mean(self, state: FedAvgState, effects: list[Effect]) -> np.ndarray:
+        assert self.robust is not None
+        return _robust_mean(self.robust, state, effects)
+
     def _aggregate(self, state: FedAvgState) -> tuple[FedAvgState, list[Effect]]:
         effects: list[Effect] = []
         missing = [
@@ -599,7 +606,10 @@ class FedAvgCoordinator(Protocol[FedAvgState]):
         if missing:
             state.clients_skipped += len(missing)
             effects.append(Emit("clients_skipped", {"round": state.round, "peers": missing}))
-        mean = _weighted_mean(state.inbox)  # (P,) float64
+        if self.robust is None:
+            mean = _weighted_mean(state.inbox)  # (P,) float64
+        else:
+            mean = self._robust_mean(state, effects)
         lr = self.server_lr
         # (1 - lr) x + lr mean rather than x + lr (mean - x): exactly the mean when lr = 1
         new = (1.0 - lr) * state.params.astype(np.float64) + lr * mean
@@ -614,6 +624,26 @@ class FedAvgCoordinator(Protocol[FedAvgState]):
         final = GlobalModel(round=state.round, params=state.params, final=True)
         sends = [Send(k, final) for k in range(self.num_clients) if k not in state.down]
         return state, [*effects, *sends, Stop()]
+
+
+def _robust_mean(robust: RobustConfig, state: FedAvgState, effects: list[Effect]) -> np.ndarray:
+    """The clients' models aggregated by the robust rule, centred on the global model they
+    trained from, weighted by samples; what it rejected and clipped is reported."""
+    ids = sorted(state.inbox)
+    models = np.stack([np.asarray(state.inbox[k][0], np.float64) for k in ids])
+    samples = np.array([max(state.inbox[k][1], 0) for k in ids], dtype=np.float64)
+    weights = samples if samples.sum() > 0 else np.ones(len(ids))
+    try:
+        agg = aggregate(
+            robust, None, models, weights, 0.0, reference=state.params.astype(np.float64)
+        )
+    except RobustError as exc:  # too few clients for the rule: the round keeps the model
+        effects.append(Emit("robust_skipped", {"round": state.round, "reason": str(exc)}))
+        return state.params.astype(np.float64)
+    for name, count in (("robust_rejected", agg.rejected), ("robust_clipped", agg.clipped)):
+        if count:
+            effects.append(Emit(name, {"round": state.round, "count": count}))
+    return agg.value
 
 
 def _weighted_mean(inbox: dict[int, tuple[np.ndarray, int]]) -> np.ndarray:
@@ -869,6 +899,7 @@ def build_fed_protocol(
     staleness: StalenessKind = "polynomial",
     staleness_exponent: float = 0.5,
     buffer_size: int | None = None,
+    robust: RobustConfig | None = None,
 ) -> Protocol[Any]:
     """Build one participant of a star: client ``peer`` (``0 <= peer < num_clients``) or the
     coordinator (``peer == num_clients``).
@@ -898,6 +929,7 @@ def build_fed_protocol(
             timeout=timeout,
             min_fraction=min_fraction,
             server_lr=server_lr,
+            robust=robust,
         )
         if peer == num_clients:
             return coordinator

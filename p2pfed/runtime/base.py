@@ -43,6 +43,25 @@ class PeerSlot:
     trainings: int = 0  # local trainings run (each result is a release under DP)
     diverged: bool = False  # a training run returned a non-finite loss
     counters: dict[str, int] = field(default_factory=dict)
+    #: a misbehaving peer's overlay on what it sends (p2pfed.adversary.poisoner)
+    overlay: Overlay | None = None
+
+
+class Overlay(Protocol):
+    """A behaviour a peer puts over its protocol (a poisoner): it sees what the peer starts
+    training from and what it receives, and rewrites what it sends. The protocol itself
+    stays honest; the engine calls the overlay around it."""
+
+    def training(self, now: float, peer: int, start: np.ndarray) -> None:
+        """The peer starts a local training from ``start``."""
+
+    def incoming(self, now: float, src: int, dst: int, message: Any) -> None:
+        """The peer accepted ``message`` from ``src``."""
+
+    def outgoing(self, now: float, src: int, dst: int, message: Any) -> list[tuple[float, Any]]:
+        """What goes out instead of ``message``: (extra delay in seconds, message) pairs;
+        ``[(0.0, message)]`` is honest, ``[]`` withholds it, several flood."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -310,6 +310,8 @@ class PeerEngine:
             if peer.training:
                 raise ProtocolError(f"peer {peer.id} asked to train while already training")
             base = np.array(effect.params, dtype=np.float32)
+            if peer.overlay is not None:
+                peer.overlay.training(self.now, peer.id, base)
             result = peer.trainer.train(base, epochs=effect.epochs, steps=effect.steps)
             peer.training = True
             peer.trainings += 1
@@ -325,7 +327,10 @@ class PeerEngine:
             fired = TimerFired(effect.tag, effect.round)
             self._push(self.now + effect.delay, peer.id, peer.id, _EVENT, fired)
         elif isinstance(effect, Emit):
-            peer.counters[effect.name] = peer.counters.get(effect.name, 0) + 1
+            # an event counts once, or ``count`` times when it says how many it stands for
+            count = effect.fields.get("count", 1)
+            step = count if isinstance(count, int) else 1
+            peer.counters[effect.name] = peer.counters.get(effect.name, 0) + step
             self.observer.peer_event(self.now, peer.id, effect.name, effect.fields)
         elif isinstance(effect, Stop):
             if not peer.done:
@@ -339,7 +344,14 @@ class PeerEngine:
         dst = effect.to
         if not (0 <= dst < self.num_participants) or dst == src:
             raise ProtocolError(f"peer {src} tried to send to invalid peer {dst}")
-        message = effect.message
+        overlay = self.peers[src].overlay
+        if overlay is None:
+            self._send_message(src, dst, effect.message)
+            return
+        for delay, message in overlay.outgoing(self.now, src, dst, effect.message):
+            self._send_message(src, dst, message, delay)
+
+    def _send_message(self, src: int, dst: int, message: Any, delay: float = 0.0) -> None:
         kind = type(message).__name__
         packed = self._bodies.get(id(message))
         if packed is None or packed[0] is not message:
@@ -364,7 +376,7 @@ class PeerEngine:
             for tap in self.taps:
                 tap(self.now, src, dst, frame)
         if not self.interceptors:
-            self._transmit(src, dst, kind, head, body, size)
+            self._transmit(src, dst, kind, head, body, size, delay)
             return
         wire = [head + body]
         for intercept in self.interceptors:
@@ -377,13 +389,23 @@ class PeerEngine:
         for f in wire:
             f = bytes(f)
             same = len(f) == size.total
-            self._transmit(src, dst, kind, f, b"", size if same else FrameSize(0, len(f)))
+            self._transmit(src, dst, kind, f, b"", size if same else FrameSize(0, len(f)), delay)
 
     def _transmit(
-        self, src: int, dst: int, kind: str, head: bytes, body: bytes, size: FrameSize
+        self,
+        src: int,
+        dst: int,
+        kind: str,
+        head: bytes,
+        body: bytes,
+        size: FrameSize,
+        delay: float = 0.0,
     ) -> None:
-        """Put one frame (``head + body``) on the wire from ``src`` to ``dst``."""
+        """Put one frame (``head + body``) on the wire from ``src`` to ``dst``, ``delay``
+        seconds late (a misbehaving sender's choice)."""
         tx = self.network.transmit(src, size.total, self.now)
+        if delay:
+            tx = dataclasses.replace(tx, arrive=tx.arrive + delay)
         self.frames["sent"] += 1
         if tx.lost:
             self.frames["lost"] += 1
@@ -424,6 +446,8 @@ class PeerEngine:
         self.frames["delivered"] += 1
         for tap in self.inbox_taps:
             tap(self.now, src, peer.id, frame)
+        if peer.overlay is not None:
+            peer.overlay.incoming(self.now, src, peer.id, decoded.message)
         self._deliver(peer, MessageArrived(src, decoded.message))
 
 
