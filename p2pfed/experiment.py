@@ -505,10 +505,10 @@ def _poisoned_shard(
     """A data poisoner's shard: labels flipped, or a share of it stamped with the backdoor
     trigger and relabelled (its own seeded stream)."""
     for _, cfg in world.config.poisoners:
-        if peer not in cfg.peers or cfg.behaviour not in DATA_BEHAVIOURS:
+        if peer not in cfg.peers or cfg.data_poisoning is None:
             continue
         rng = np.random.default_rng([cfg.seed, peer, 1])
-        if cfg.behaviour == "label_flip":
+        if cfg.data_poisoning == "label_flip":
             return x, flip_labels(y, world.dataset.num_classes, fraction=cfg.fraction, rng=rng)
         shape = _image_shape(world)
         return poison_dataset(x, y, cfg.target_class, cfg.fraction, shape, rng)
@@ -1046,7 +1046,7 @@ def _robustness(world: World, outcome: RunOutcome, summary: dict[str, Any]) -> d
         "frames_rejected": summary.get("frames_rejected", 0),
     }
     for k, a in cfg.poisoners:
-        if a.behaviour != "backdoor":
+        if a.data_poisoning != "backdoor":
             continue
         x, _ = triggered_test_set(
             world.dataset.x_test, world.dataset.y_test, a.target_class, _image_shape(world)

@@ -216,3 +216,50 @@ def test_the_coordinator_aggregates_with_a_robust_rule(tmp_path: Path) -> None:
     plain = run(cfg, out=tmp_path / "plain").summary
     assert robust["robustness"]["robust_rejected"] > 0
     assert robust["robustness"]["honest_mean_acc"] > plain["robustness"]["honest_mean_acc"] + 0.2
+
+
+def _fedavg(rule: dict[str, Any], attack_from: float | None) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "name": "backdoor",
+        "seed": 2,
+        "topology": {"kind": "complete", "n": 10},
+        "data": {"dataset": "digits"},
+        "partition": {"scheme": "iid"},
+        "model": {"kind": "mlp", "hidden": [64]},
+        "protocol": {"kind": "fedavg", "rounds": 30, "robust": rule},
+        "training": {"lr": 0.1, "batch_size": 32, "local_steps": 5},
+        "output": {"progress": "off"},
+    }
+    if attack_from is not None:
+        cfg["adversaries"] = [
+            {
+                "role": "poisoner",
+                "peers": [0],
+                "behaviour": "scaling",  # gamma = n: the average becomes its model
+                "poison_data": "backdoor",
+                "fraction": 0.5,
+                "target_class": 0,
+                "schedule": {"start": attack_from},
+            }
+        ]
+    return cfg
+
+
+def test_one_model_replacement_plants_a_backdoor_that_norm_clipping_stops(
+    tmp_path: Path,
+) -> None:
+    """Bagdasaryan et al.'s model replacement in FedAvg's last round: the attacker trains on
+    a half-triggered shard and scales its update by n; norm clipping (M = 0.3) at the
+    coordinator bounds it."""
+    clean = run(_fedavg({"rule": "mean"}, None), out=tmp_path / "clean").summary
+    last_round = clean["virtual_time"] * 29 / 30  # when the last round opens
+    attacked = run(_fedavg({"rule": "mean"}, last_round), out=tmp_path / "attacked").summary
+    rb = attacked["robustness"]
+    assert rb["backdoor_success[poisoner-0]"] >= 0.9
+    clipped = run(
+        _fedavg({"rule": "norm_clip", "norm_bound": 0.3}, last_round), out=tmp_path / "clipped"
+    ).summary
+    rc = clipped["robustness"]
+    assert rc["backdoor_success[poisoner-0]"] <= 0.2
+    assert rc["honest_mean_acc"] >= clean["final"]["mean_acc"] - 0.03
+    assert rc["robust_clipped"] >= 1

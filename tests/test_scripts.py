@@ -183,3 +183,20 @@ def test_privacy_matrix_prints_every_protection_against_every_observer(tmp_path:
     saved = json.loads((tmp_path / "matrix.json").read_text())
     assert [s["protection"] for s in saved] == list(rows)
     assert (tmp_path / "matrix.md").exists()
+
+
+def test_stress_grid_runs_cells_on_ray_and_draws_a_heatmap(tmp_path: Path) -> None:
+    out = _run(
+        "stress_grid.py",
+        *("--rounds", "2", "--peers", "8", "--attacks", "sign_flip,backdoor"),
+        *("--defences", "mean,median", "--topologies", "ring", "--fractions", "0.25"),
+        *("--cpus", "2", "--out", str(tmp_path)),
+    )
+    assert re.search(r"^6 runs: 8 peers", out, re.M), out
+    row = re.search(r"^ring\s+median\s+(\S+)\s+(\S+)\s+(\S+) \[(\S+)\]$", out, re.M)
+    assert row, out
+    assert 0.0 <= float(row.group(4)) <= 1.0  # backdoor success of the median cell
+    cells = json.loads((tmp_path / "grid.json").read_text())
+    assert len(cells) == 6 and all("honest_mean_acc" in c for c in cells)
+    png = (tmp_path / "heatmap.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")

@@ -230,6 +230,11 @@ class PoisonerConfig(BaseModel):
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$", description="report label")
     peers: list[StrictInt] = Field(min_length=1, description="the colluding peers")
     behaviour: DataBehaviour | ModelBehaviour | TimingBehaviour
+    poison_data: DataBehaviour | None = Field(
+        None,
+        description="a model behaviour's peers also train on poisoned data (e.g. "
+        "scaling + backdoor: Bagdasaryan et al.'s model replacement)",
+    )
     schedule: ScheduleConfig = ScheduleConfig()
     scale: Real | None = Field(None, gt=0, description="sign_flip / scaling factor")
     sigma: Real = Field(1.0, gt=0, description="gaussian: noise std")
@@ -248,6 +253,8 @@ class PoisonerConfig(BaseModel):
             raise ValueError("peers: each poisoner once")
         if min(self.peers) < 0:
             raise ValueError("peers: ids are >= 0")
+        if self.poison_data is not None and self.behaviour in DATA_BEHAVIOURS:
+            raise ValueError("poison_data: the behaviour already poisons the data")
         if self.behaviour in DATA_BEHAVIOURS and self.schedule != ScheduleConfig():
             raise ValueError(
                 f"schedule: {self.behaviour} poisons the training data, which has no clock"
@@ -256,6 +263,11 @@ class PoisonerConfig(BaseModel):
 
     def label(self, index: int) -> str:
         return self.name or f"poisoner-{index}"
+
+    @property
+    def data_poisoning(self) -> str | None:
+        """The data poisoning its peers train with, if any."""
+        return self.behaviour if self.behaviour in DATA_BEHAVIOURS else self.poison_data
 
 
 OnPathAction = Literal["modify", "replay", "inject", "drop"]

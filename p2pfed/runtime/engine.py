@@ -52,6 +52,12 @@ frame's byte split when its length is unchanged (so tampering in place keeps the
 timing) and as all-metadata bytes otherwise. Interceptors must be deterministic in their
 arguments and calls for runs to be reproducible; under Ray every host calls its own copy.
 
+Misbehaving peers. A peer slot may carry an ``overlay`` (:class:`~p2pfed.runtime.base.Overlay`,
+a poisoner): the engine tells it where each local training starts and what the peer accepted,
+and sends what it returns in place of each message the protocol sends — rewritten, withheld,
+several copies, or later (an extra delay on top of the network's). The protocol underneath
+stays honest and never learns.
+
 Endpoint views. ``inbox_taps`` see what a receiver saw: every frame a local peer accepted,
 after opening its seal, with the time it was handled. A curious peer or coordinator is an
 endpoint of its links, so its view of a run is the inbox frames with it at either end
