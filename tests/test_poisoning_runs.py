@@ -16,7 +16,13 @@ from p2pfed.errors import ConfigError
 from tests.conftest import small_config
 
 ATTACKERS = [3, 11]
-STRENGTH = {"sign_flip": {"scale": 4.0}, "gaussian": {"sigma": 10.0}, "alie": {}, "ipm": {}}
+STRENGTH = {
+    "sign_flip": {"scale": 4.0},
+    "gaussian": {"sigma": 10.0},
+    "alie": {},
+    "ipm": {},
+    "dissensus": {"epsilon": 5.0},
+}
 
 
 def _config(rule: str, attack: str | None, rounds: int = 120) -> dict[str, Any]:
@@ -72,6 +78,14 @@ def test_two_attackers_break_plain_gossip_but_not_the_robust_rules(
     assert _honest("mean", attack, out) <= broken
     for rule in ("clipped_gossip", "balance", "trimmed_mean", "median"):
         assert _honest(rule, attack, out) >= 0.85, rule
+
+
+def test_dissensus_splits_plain_gossip_and_clipped_gossip_holds(out: str) -> None:
+    """He, Karimireddy & Jaggi's dissensus attack, against which ClippedGossip was made:
+    each Byzantine neighbour pushes its target away from its honest neighbours."""
+    assert _honest("mean", "dissensus", out) <= 0.5
+    for rule in ("clipped_gossip", "balance"):
+        assert _honest(rule, "dissensus", out) >= 0.85, rule
 
 
 @pytest.mark.parametrize("attack", ["alie", "ipm"])
