@@ -50,7 +50,7 @@ from p2pfed.crypto.secagg import pair_key_directory, pair_keys, pair_seed
 from p2pfed.data import Dataset, label_histograms, load_dataset, partition
 from p2pfed.errors import ConfigError, DataError, ModelError, ProtocolError, TopologyError
 from p2pfed.models import build_model, get_flat
-from p2pfed.models.flat import set_flat
+from p2pfed.models.flat import model_at
 from p2pfed.poison.data import flip_labels, poison_dataset, triggered_test_set
 from p2pfed.privacy.accountant import gaussian_epsilon, sampled_gaussian_epsilon
 from p2pfed.progress import ProgressReporter
@@ -1061,9 +1061,7 @@ def _robustness(world: World, outcome: RunOutcome, summary: dict[str, Any]) -> d
 
 
 def _predict(world: World, params: np.ndarray, x: np.ndarray) -> np.ndarray:
-    model = copy.deepcopy(world.template).cpu().float()
-    set_flat(model, np.asarray(params, dtype=np.float32))
-    model.eval()
+    model = model_at(world.template, params)
     with torch.no_grad():
         return model(torch.as_tensor(x, dtype=torch.float32)).argmax(dim=1).numpy()
 

@@ -63,7 +63,7 @@ from p2pfed.attacks.metrics import membership_auc, mse, psnr, tpr_at_fpr
 from p2pfed.attacks.model_inversion import invert_classes
 from p2pfed.crypto.fixedpoint import FixedPoint
 from p2pfed.data.datasets import Dataset
-from p2pfed.models.flat import set_flat
+from p2pfed.models.flat import model_at
 from p2pfed.protocol.codec import Codec
 from p2pfed.protocol.dpsgd import ModelShare
 from p2pfed.topology import TopologySchedule
@@ -265,10 +265,7 @@ def _analytic(
 def _at(facts: RunFacts, u: ObservedUpdate) -> nn.Module:
     """The model at the parameters the update started from (the common initial model when
     the observer could not tell)."""
-    model = copy.deepcopy(facts.template).cpu().float()
-    start = u.start if u.start is not None else facts.params0
-    set_flat(model, np.asarray(start, dtype=np.float32))
-    return model
+    return model_at(facts.template, u.start if u.start is not None else facts.params0)
 
 
 def _idlg(
@@ -597,8 +594,7 @@ def _model_inversion_rows(
     if target not in facts.final_models:
         return []
     ds = facts.dataset
-    model = copy.deepcopy(facts.template).cpu().float()
-    set_flat(model, np.asarray(facts.final_models[target], dtype=np.float32))
+    model = model_at(facts.template, facts.final_models[target])
     box = (float(ds.x_train.min()), float(ds.x_train.max()))
     classes = list(range(ds.num_classes))
     inv = invert_classes(model, classes, bounds=box, gradient="numeric", max_iter=adv.mi_iterations)

@@ -6,7 +6,15 @@ the (P,) float32 vector that protocols exchange.
 """
 
 from p2pfed.models.config import ModelConfig
-from p2pfed.models.flat import FlatParams, get_flat, num_parameters, set_flat
+from p2pfed.models.flat import FlatParams, get_flat, model_at, num_parameters, set_flat
 from p2pfed.models.nets import build_model
 
-__all__ = ["FlatParams", "ModelConfig", "build_model", "get_flat", "num_parameters", "set_flat"]
+__all__ = [
+    "FlatParams",
+    "ModelConfig",
+    "build_model",
+    "get_flat",
+    "model_at",
+    "num_parameters",
+    "set_flat",
+]

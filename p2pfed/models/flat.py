@@ -7,6 +7,8 @@ the numpy side are float32 and never alias the model's memory.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
@@ -47,6 +49,14 @@ def set_flat(model: torch.nn.Module, flat: np.ndarray) -> None:
     vec = torch.tensor(arr, dtype=first.dtype, device=first.device)  # (P,)
     with torch.no_grad():
         vector_to_parameters(vec, model.parameters())
+
+
+def model_at(template: torch.nn.Module, flat: np.ndarray) -> torch.nn.Module:
+    """A CPU float32 copy of ``template`` holding the parameters ``flat``, in eval mode (for
+    analysing a model someone shared; ``template`` is left as it was)."""
+    model = copy.deepcopy(template).cpu().float()
+    set_flat(model, np.asarray(flat, dtype=np.float32))
+    return model.eval()
 
 
 class FlatParams:

@@ -196,14 +196,7 @@ def poison_dataset(
     samples drawn without replacement from ``rng`` are stamped with the trigger and
     relabelled ``target``; the rest are untouched. The shard keeps its size, so a peer
     trains on clean and stamped samples mixed (Bagdasaryan et al.)."""
-    feats = _features("x", x)
-    labels = _labels("y", y)
-    if len(labels) != len(feats):
-        raise ValueError(f"x has {len(feats)} samples but y has {len(labels)}")
-    t = _int("target", target)
-    if t < 0:
-        raise ValueError(f"target must be a non-negative class, got {t}")
-    _check_layout(feats, image_shape)
+    feats, labels, t = _triggerable("x", x, "y", y, target, image_shape)
     chosen = _choose(np.arange(len(feats)), fraction, rng)
     xs, ys = feats.copy(), labels.copy()
     xs[chosen] = add_trigger(
@@ -227,14 +220,7 @@ def triggered_test_set(
     """The backdoor test set: stamped copies (M, F) float32 of the test samples whose true
     class is not ``target``, with those true labels (M,) int64 (a sample already of the
     target class would count as a success without any backdoor)."""
-    feats = _features("x_test", x_test)
-    labels = _labels("y_test", y_test)
-    if len(labels) != len(feats):
-        raise ValueError(f"x_test has {len(feats)} samples but y_test has {len(labels)}")
-    t = _int("target", target)
-    if t < 0:
-        raise ValueError(f"target must be a non-negative class, got {t}")
-    _check_layout(feats, image_shape)
+    feats, labels, t = _triggerable("x_test", x_test, "y_test", y_test, target, image_shape)
     keep = labels != t
     stamped = add_trigger(
         feats[keep], image_shape, pattern=pattern, size=size, value=value, corner=corner
@@ -312,3 +298,23 @@ def _int(name: str, value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
         raise ValueError(f"{name} must be an integer, got {value!r}")
     return int(value)
+
+
+def _triggerable(
+    x_name: str,
+    x: np.ndarray,
+    y_name: str,
+    y: np.ndarray,
+    target: int,
+    image_shape: tuple[int, int, int],
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Checked samples, labels and target class for stamping a trigger."""
+    feats = _features(x_name, x)
+    labels = _labels(y_name, y)
+    if len(labels) != len(feats):
+        raise ValueError(f"{x_name} has {len(feats)} samples but {y_name} has {len(labels)}")
+    t = _int("target", target)
+    if t < 0:
+        raise ValueError(f"target must be a non-negative class, got {t}")
+    _check_layout(feats, image_shape)
+    return feats, labels, t
