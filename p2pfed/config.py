@@ -30,8 +30,13 @@ from pydantic import (
     model_validator,
 )
 
-from p2pfed.adversary.config import AdversaryConfig, OnPathConfig, PoisonerConfig
-from p2pfed.crypto.config import SecurityConfig
+from p2pfed.adversary.config import (
+    NOT_BEFORE_MASKING,
+    AdversaryConfig,
+    OnPathConfig,
+    PoisonerConfig,
+)
+from p2pfed.crypto.config import MIN_GROUP, SecurityConfig
 from p2pfed.data import DataConfig, PartitionConfig
 from p2pfed.errors import ConfigError
 from p2pfed.fields import Real
@@ -311,15 +316,48 @@ class ExperimentConfig(BaseModel):
         for peer in self.time.slowdown:
             if peer >= n:
                 raise ValueError(f"time.slowdown names peer {peer}, but the topology has {n}")
-        if self.robust_rule != "mean" and (sec.secure_aggregation or sec.homomorphic):
-            raise ValueError(
-                f"protocol.robust.rule {self.robust_rule} needs to see every input, but under "
-                f"security.aggregation {sec.aggregation} the aggregator holds only their sum "
-                "(robust rules over sums, or norm bounds proven before masking, are not "
-                "implemented): use rule mean there, or drop secure aggregation"
-            )
+        self._check_robust_under_protection()
         self._check_adversaries()
         return self
+
+    def _check_robust_under_protection(self) -> None:
+        """Which robust rules can run where the aggregator holds sums only
+        (p2pfed.robust.buckets): under secagg / secret-share, a FedAvg coordinator's rule
+        over secure bucket sums; nothing else."""
+        sec, rule = self.security, self.protocol.robust
+        if rule.bucket_size is not None and self.protocol.kind != "fedavg":
+            raise ValueError(
+                "protocol.robust.bucket_size is for fedavg (a coordinator's buckets of "
+                f"clients), not {self.protocol.kind}"
+            )
+        if rule.rule == "mean" or not (sec.secure_aggregation or sec.homomorphic):
+            return
+        hidden = (
+            f"protocol.robust.rule {rule.rule} needs to see every input, but under "
+            f"security.aggregation {sec.aggregation} the aggregator holds only sums"
+        )
+        if sec.homomorphic:
+            raise ValueError(
+                f"{hidden} of ciphertexts, and robust rules over HE sums are not implemented: "
+                "use rule mean, or secagg with protocol.robust.bucket_size"
+            )
+        if self.protocol.kind != "fedavg":
+            raise ValueError(
+                f"{hidden}: a peer's neighbourhood is one secure sum, one input, and no rule "
+                "runs on one input; robust rules over bucket sums need fedavg (set "
+                "protocol.robust.bucket_size), or drop secure aggregation"
+            )
+        if rule.bucket_size is None:
+            raise ValueError(
+                f"{hidden}: set protocol.robust.bucket_size (at least {MIN_GROUP}) to run the "
+                "rule over secure sums of random buckets of clients (p2pfed.robust.buckets)"
+            )
+        if rule.bucket_size < MIN_GROUP:
+            raise ValueError(
+                f"protocol.robust.bucket_size {rule.bucket_size} under secure aggregation: "
+                f"each bucket is a secure sum and needs at least {MIN_GROUP} clients (a sum "
+                "of two reveals either input to the other)"
+            )
 
     @property
     def robust_rule(self) -> str:
@@ -362,6 +400,14 @@ class ExperimentConfig(BaseModel):
                     raise ValueError(
                         f"adversaries[{k}]: ALIE's z needs a Byzantine minority ({f} of {n}); "
                         "give z explicitly"
+                    )
+                hidden = self.security.secure_aggregation or self.security.homomorphic
+                if hidden and any_adv.behaviour in NOT_BEFORE_MASKING:
+                    raise ValueError(
+                        f"adversaries[{k}]: behaviour {any_adv.behaviour} rewrites shared "
+                        f"models, but under security.aggregation {self.security.aggregation} a "
+                        "poisoner only chooses its input before masking or encryption (model "
+                        "and data behaviours, stale replays)"
                     )
                 continue
             if isinstance(any_adv, OnPathConfig):

@@ -78,6 +78,7 @@ from p2pfed.protocol.secure import (
 )
 from p2pfed.results import RunRecorder, final_accuracy, finite, read_metrics
 from p2pfed.robust import RobustError, check
+from p2pfed.robust.buckets import num_buckets
 from p2pfed.runtime.base import Interceptor, PeerReport, PeerSlot, RunObserver, Tap
 from p2pfed.runtime.local import LocalRuntime, RunOutcome
 from p2pfed.timing import CostModel, NetworkModel
@@ -326,7 +327,9 @@ def _check_robust(config: ExperimentConfig, schedule: TopologySchedule) -> None:
     if rule.rule == "mean":
         return
     if config.protocol.kind == "fedavg":
-        check(rule, config.num_peers)
+        n = config.num_peers
+        # with buckets the rule sees one input per bucket, and a Byzantine client taints one
+        check(rule, n if rule.bucket_size is None else num_buckets(n, rule.bucket_size))
         return
     steps = schedule.period or 1 if not schedule.is_static else 1
     smallest = min(
@@ -435,7 +438,9 @@ def _check_security(config: ExperimentConfig, schedule: TopologySchedule) -> Non
     pcfg, n = config.protocol, config.num_peers
     try:
         if pcfg.kind == "fedavg":
-            check_groups(config.security, {n: [n]}, scope="star")
+            size = pcfg.robust.bucket_size if pcfg.robust.rule != "mean" else None
+            b = 1 if size is None else max(n // size, 1)
+            check_groups(config.security, {n: sorted({n // b, -(-n // b)})}, scope="star")
         else:
             steps = 1 if schedule.is_static else min(pcfg.rounds, schedule.period or pcfg.rounds)
             rounds = range(steps)
@@ -488,14 +493,18 @@ def build_peers(world: World, ids: Sequence[int], device: str) -> list[PeerSlot]
 
 
 def _overlays(world: World, ids: Sequence[int]) -> dict[int, Poisoner]:
-    """The poisoners among ``ids``; colluders built together share one board (all of them
-    in-process, those on one host under Ray)."""
+    """The poisoners among ``ids``; colluders share one board (the Ray runtime keeps each
+    colluding group on one host, so ``ids`` holds all of a group or none)."""
     out: dict[int, Poisoner] = {}
+    sec = world.config.security
+    hidden = sec.secure_aggregation or sec.homomorphic
     for _, cfg in world.config.poisoners:
         board = Board(cfg.peers)
         for p in cfg.peers:
             if p in ids and cfg.behaviour not in DATA_BEHAVIOURS:
-                out[p] = Poisoner(cfg, p, board, world.schedule, world.num_peers)
+                out[p] = Poisoner(
+                    cfg, p, board, world.schedule, world.num_peers, before_masking=hidden
+                )
     return out
 
 
@@ -562,6 +571,7 @@ def _protocol(world: World, peer: int, seed: int) -> Protocol[Any]:
             staleness_exponent=pcfg.staleness_exponent,
             buffer_size=pcfg.buffer_size,
             robust=pcfg.robust,
+            bucket_seed=world.config.seed,
             **common,
         )
     robust = pcfg.robust if pcfg.kind == "dpsgd" else None
@@ -592,6 +602,8 @@ def _secure_protocol(world: World, peer: int, seed: int) -> Protocol[Any]:
             world.num_peers,
             max_weight=sec.max_weight,
             server_lr=pcfg.server_lr,
+            robust=pcfg.robust,
+            bucket_seed=cfg.seed,
             **common,
         )
     return SecureDPSGD(peer, world.schedule, **common)
@@ -1029,7 +1041,8 @@ def protection(cfg: ExperimentConfig) -> str:
 def _robustness(world: World, outcome: RunOutcome, summary: dict[str, Any]) -> dict[str, Any]:
     """What an acting attack did to the honest peers: their mean and worst final accuracy,
     the backdoor's success on triggered test inputs, and what the defence rejected or
-    clipped (``robust_rejected`` / ``robust_clipped``, in each rule's unit) or skipped."""
+    clipped (``robust_rejected`` / ``robust_clipped``, in each rule's unit) or skipped, and
+    how many messages or inputs the poisoners changed (``poisoned``)."""
     cfg = world.config
     bad = {p for _, a in cfg.poisoners for p in a.peers}
     honest = [r for r in outcome.final if r.peer not in bad]
@@ -1040,11 +1053,16 @@ def _robustness(world: World, outcome: RunOutcome, summary: dict[str, Any]) -> d
         "honest_peers": len(honest),
         "honest_mean_acc": float(np.mean(accs)) if accs else math.nan,
         "honest_min_acc": float(np.min(accs)) if accs else math.nan,
+        "poisoned": summary["protocol_events"].get("poisoned", 0),
         "robust_rejected": summary["protocol_events"].get("robust_rejected", 0),
         "robust_clipped": summary["protocol_events"].get("robust_clipped", 0),
         "robust_skipped": summary["protocol_events"].get("robust_skipped", 0),
         "frames_rejected": summary.get("frames_rejected", 0),
     }
+    size = cfg.protocol.robust.bucket_size
+    if size is not None and cfg.robust_rule != "mean":
+        out["buckets"] = num_buckets(cfg.num_peers, size)
+        out["buckets_lost"] = summary["protocol_events"].get("secure_bucket_lost", 0)
     for k, a in cfg.poisoners:
         if a.data_poisoning != "backdoor":
             continue

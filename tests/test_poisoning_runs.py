@@ -15,17 +15,24 @@ from p2pfed.config import config_from_mapping
 from p2pfed.errors import ConfigError
 from tests.conftest import small_config
 
-ATTACKERS = [3, 11]
+# two attackers at distance >= 2 whose neighbourhoods are disjoint (checked below): 8 of the
+# 14 honest peers have a Byzantine neighbour, the most two attackers can reach on this graph
+ATTACKERS = [6, 10]
 STRENGTH = {
     "sign_flip": {"scale": 4.0},
     "gaussian": {"sigma": 10.0},
     "alie": {},
     "ipm": {},
     "dissensus": {"epsilon": 5.0},
+    "label_flip": {"fraction": 1.0},
+    "stale": {"stale_rounds": 10},
+    "delay": {"delay": 5.0},
 }
 
 
-def _config(rule: str, attack: str | None, rounds: int = 120) -> dict[str, Any]:
+def _config(
+    rule: str, attack: str | None, rounds: int = 120, attackers: list[int] = ATTACKERS
+) -> dict[str, Any]:
     robust: dict[str, Any] = {"rule": rule}
     cfg: dict[str, Any] = {
         "name": "robust",
@@ -40,20 +47,37 @@ def _config(rule: str, attack: str | None, rounds: int = 120) -> dict[str, Any]:
     }
     if attack is not None:
         cfg["adversaries"] = [
-            {"role": "poisoner", "peers": ATTACKERS, "behaviour": attack, **STRENGTH[attack]}
+            {"role": "poisoner", "peers": attackers, "behaviour": attack, **STRENGTH[attack]}
         ]
     return cfg
 
 
 @cache
+def _summary(rule: str, attack: str | None, out: str) -> Any:
+    return run(_config(rule, attack), out=Path(out) / f"{rule}-{attack}").summary
+
+
 def _honest(rule: str, attack: str | None, out: str) -> float:
     """Mean final accuracy of the honest peers (every peer without an attack)."""
-    summary = run(_config(rule, attack), out=Path(out) / f"{rule}-{attack}").summary
+    summary = _summary(rule, attack, out)
     if attack is None:
         return float(summary["final"]["mean_acc"])
     rb = summary["robustness"]
     assert rb["poisoners"] == ATTACKERS and rb["honest_peers"] == 14
+    assert rb["poisoned"] > 0 or attack == "label_flip"  # the overlay did act
     return float(rb["honest_mean_acc"])
+
+
+def test_the_attackers_reach_eight_honest_peers(out: str) -> None:
+    _summary("mean", None, out)
+    edges = (Path(out) / "mean-None" / "edges.csv").read_text().splitlines()[1:]
+    nbrs: dict[int, set[int]] = {}
+    for line in edges:
+        src, dst = map(int, line.split(",")[:2])
+        nbrs.setdefault(dst, set()).add(src)
+    a, b = ATTACKERS
+    assert a not in nbrs[b] and not nbrs[a] & nbrs[b]
+    assert len(nbrs[a] | nbrs[b]) == 8
 
 
 @pytest.fixture(scope="module")
@@ -68,14 +92,11 @@ def test_without_attack_the_robust_rules_cost_little(out: str) -> None:
         assert _honest(rule, None, out) >= plain - 0.02, rule
 
 
-# Gaussian noise hurts plain gossip less than a sign flip: the 8 honest neighbours of the
-# attackers end at chance, the 6 others recover between the hits (measured 0.54 at 120
-# rounds, 0.49 at 80, the same for sigma 10 or 30): the issue's 0.5 holds for sign flips.
-@pytest.mark.parametrize(("attack", "broken"), [("sign_flip", 0.5), ("gaussian", 0.6)])
-def test_two_attackers_break_plain_gossip_but_not_the_robust_rules(
-    out: str, attack: str, broken: float
-) -> None:
-    assert _honest("mean", attack, out) <= broken
+# measured: plain gossip 0.45 (sign flip), 0.28 (Gaussian); the rules 0.85-0.92. Two
+# adjacent attackers (3, 11) reach only 6 honest peers, and Gaussian noise then leaves 0.54
+@pytest.mark.parametrize("attack", ["sign_flip", "gaussian"])
+def test_two_attackers_break_plain_gossip_but_not_the_robust_rules(out: str, attack: str) -> None:
+    assert _honest("mean", attack, out) <= 0.5
     for rule in ("clipped_gossip", "balance", "trimmed_mean", "median"):
         assert _honest(rule, attack, out) >= 0.85, rule
 
@@ -95,6 +116,30 @@ def test_under_alie_and_ipm_the_robust_rules_are_not_worse_than_plain(
     plain = _honest("mean", attack, out)
     for rule in ("clipped_gossip", "balance"):
         assert _honest(rule, attack, out) >= plain - 0.02, rule
+
+
+def test_timing_attacks_in_a_run(out: str) -> None:
+    """Shares held 5 s miss their rounds: the attackers' neighbours time out and skip them,
+    then drop them as stale, and honest accuracy falls (measured 0.76 against 0.93 clean);
+    models replayed 10 rounds late are still honest models, and averaging absorbs them
+    (measured 0.927, as clean)."""
+    clean = _honest("mean", None, out)
+    delayed = _summary("mean", "delay", out)["protocol_events"]
+    assert delayed["neighbours_skipped"] > 0 and delayed["stale_model_dropped"] > 0
+    assert _honest("mean", "delay", out) <= clean - 0.1
+    assert _honest("mean", "stale", out) >= clean - 0.02
+
+
+def test_label_flipping_costs_plain_gossip(tmp_path: Path) -> None:
+    """Four of sixteen peers train on labels shifted by one: plain gossip loses more than 5
+    points (measured 0.82 against 0.93); the update looks like any other, so ClippedGossip
+    recovers little (0.85)."""
+    four = [6, 10, 1, 13]
+    clean = run(_config("mean", None), out=tmp_path / "clean").summary["final"]["mean_acc"]
+    flipped = run(_config("mean", "label_flip", attackers=four), out=tmp_path / "flip").summary
+    rb = flipped["robustness"]
+    assert rb["poisoners"] == sorted(four) and rb["poisoned"] == 0  # the data, not the frames
+    assert rb["honest_mean_acc"] <= clean - 0.05
 
 
 def _ring(security: dict[str, Any] | None, on_path: bool) -> dict[str, Any]:
@@ -161,7 +206,7 @@ def test_robust_rules_are_checked_against_the_neighbourhood_and_secure_aggregati
         protocol={"kind": "dpsgd", "rounds": 2, "robust": {"rule": "median"}},
     )
     secure["security"] = {"aggregation": "secagg"}
-    with pytest.raises(ConfigError, match="holds only their sum"):
+    with pytest.raises(ConfigError, match="holds only sums: a peer"):
         config_from_mapping(secure)
 
 
@@ -277,3 +322,27 @@ def test_one_model_replacement_plants_a_backdoor_that_norm_clipping_stops(
     assert rc["backdoor_success[poisoner-0]"] <= 0.2
     assert rc["honest_mean_acc"] >= clean["final"]["mean_acc"] - 0.03
     assert rc["robust_clipped"] >= 1
+
+
+def test_colluders_ignore_diverged_models_they_receive() -> None:
+    """A neighbour whose model diverged (NaN) is nothing to craft from: dissensus, ALIE and
+    IPM leave it out instead of failing the run."""
+    import numpy as np
+
+    from p2pfed.adversary.config import PoisonerConfig
+    from p2pfed.adversary.poisoner import Board, Poisoner
+    from p2pfed.protocol.dpsgd import ModelShare
+    from p2pfed.topology import TopologySpec, build_schedule
+
+    sched = build_schedule(TopologySpec(kind="ring", n=4), seed=0)
+    board = Board([0])
+    cfg = PoisonerConfig(role="poisoner", peers=[0], behaviour="dissensus", epsilon=1.0)
+    poisoner = Poisoner(cfg, 0, board, sched, 4)
+    nan = ModelShare(round=0, params=np.full(3, np.nan, np.float32))
+    poisoner.incoming(0.0, 1, 0, nan)
+    poisoner.incoming(0.0, 3, 0, ModelShare(round=0, params=np.ones(3, np.float32)))
+    assert sorted(board.models) == [3]
+    mine = ModelShare(round=0, params=np.zeros(3, np.float32))
+    assert poisoner.outgoing(0.0, 0, 1, mine) == [(0.0, mine)]  # no target: honest
+    board.own[0] = np.full(3, np.inf, np.float32)
+    assert board.view().shape == (1, 3)  # the diverged own model is left out too

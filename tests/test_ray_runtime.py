@@ -17,7 +17,7 @@ import pytest
 from p2pfed.errors import RuntimeFailure
 from p2pfed.experiment import run
 from p2pfed.runtime.engine import OutFrame
-from p2pfed.runtime.ray_runtime import pack_frames, plan_hosts, unpack_frames
+from p2pfed.runtime.ray_runtime import pack_frames, place, plan_hosts, unpack_frames
 from tests.conftest import small_config
 
 pytestmark = pytest.mark.ray
@@ -139,6 +139,35 @@ def test_adversaries_see_the_same_run_on_ray(ray_local: Any, tmp_path: Path) -> 
         assert a["metrics"] == b["metrics"], (a, b)
     inversion = rows_ray[0]
     assert inversion["view"] == "isolated" and inversion["metrics"]["mse_median"] < 1e-10
+
+
+def test_colluders_share_a_host_and_poison_as_in_process(ray_local: Any, tmp_path: Path) -> None:
+    """ALIE colluders 0 and 5 would sit on two of four hosts; the runtime keeps them on one,
+    so they read one joint view (peer 0 sees honest 1, peer 5 honest 4) and the run is the
+    in-process run exactly."""
+    cfg = {
+        **small_config(protocol={"kind": "dpsgd", "rounds": 6}),
+        "adversaries": [{"role": "poisoner", "peers": [0, 5], "behaviour": "alie", "z": 3.0}],
+    }
+    local = run(cfg, out=tmp_path / "local")
+    on_ray = run({**cfg, "runtime": RAY4}, out=tmp_path / "ray")
+    assert on_ray.summary["hosts"][0]["peers"] == "[0, 5]"
+    assert local.summary["final"] == on_ray.summary["final"]
+    assert local.summary["robustness"] == on_ray.summary["robustness"]
+    clean = run(small_config(protocol={"kind": "dpsgd", "rounds": 6}), out=tmp_path / "clean")
+    assert local.summary["final"] != clean.summary["final"]  # the poisoners did act
+
+
+def test_place_keeps_groups_whole_and_hosts_balanced() -> None:
+    assert place(6, 4) == [[0, 1], [2, 3], [4], [5]]
+    assert place(6, 4, [[0, 5]]) == [[0, 5], [1, 2], [3], [4]]
+    blocks = place(16, 2, [[3, 11], [12, 13, 14]])
+    assert sorted(p for b in blocks for p in b) == list(range(16))
+    assert [len(b) for b in blocks] == [8, 8]
+    assert any({3, 11} <= set(b) for b in blocks) and any({12, 13, 14} <= set(b) for b in blocks)
+    assert place(4, 2, [[0, 1, 2, 3]]) == [[0, 1, 2, 3]]  # a host with nothing to carry goes
+    with pytest.raises(RuntimeFailure, match="two groups"):
+        place(4, 2, [[0, 1], [1, 2]])
 
 
 @pytest.mark.parametrize(("kind", "at"), [("dpsgd", 0.3), ("dpsgd", 0.2), ("pushsum", 0.05)])

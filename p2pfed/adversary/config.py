@@ -204,6 +204,10 @@ TimingBehaviour = Literal["stale", "delay", "flood"]
 DATA_BEHAVIOURS = frozenset({"label_flip", "backdoor"})
 #: behaviours that read the colluders' view of honest models
 NEEDS_VIEW = frozenset({"alie", "ipm", "dissensus"})
+#: behaviours that need the shared models themselves, not the poisoner's input: refused under
+#: secure aggregation and HE, where a poisoner only chooses what it masks or encrypts
+#: (dissensus aims at each neighbour's model, delay and flood act on model frames)
+NOT_BEFORE_MASKING = frozenset({"dissensus", "delay", "flood"})
 
 
 class PoisonerConfig(BaseModel):

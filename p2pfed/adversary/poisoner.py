@@ -7,8 +7,16 @@ rewrite each model it sends (``ModelShare``, ``ClientUpdate``, ``AsyncUpdate``, 
 requests and replies) on its own clock (:class:`~p2pfed.adversary.config.ScheduleConfig`,
 run seconds, virtual or wall). Colluding poisoners share one :class:`Board`: the honest
 models any of them received, by sender — their joint view of the honest peers, which ALIE,
-IPM and dissensus craft from. Under Ray the colluders share a board per host (the peers a
-host carries); in-process, all of them.
+IPM and dissensus craft from. A board is shared memory, so under Ray the runtime places each
+colluding group on one host (:func:`~p2pfed.runtime.ray_runtime.place`) and the view, and
+the run, are the same as in-process.
+
+Under secure aggregation and HE the shared messages hold masks, shares or ciphertexts, so a
+poisoner (``before_masking``) rewrites the model its training produced instead — its input
+to the secure sum or the encryption — through the overlay's ``trained`` hook; its view is
+then its colluders' own models (it receives no honest model but the global one), and the
+behaviours that need the shared models themselves (dissensus, delay, flood) are refused by
+the config.
 
 An :class:`OnPath` attacker is an interceptor (:data:`~p2pfed.runtime.base.Interceptor`) on
 chosen links: it modifies (negates the model inside, or flips a ciphertext byte), replays,
@@ -71,7 +79,9 @@ class Board:
         self.own: dict[int, np.ndarray] = {}  # the colluders' own honest results
 
     def record(self, src: int, params: np.ndarray) -> None:
-        if src not in self.colluders:
+        """Keep ``src``'s latest model; a diverged (non-finite) one is nothing to craft
+        from, and replaces nothing."""
+        if src not in self.colluders and bool(np.all(np.isfinite(params))):
             self.models[src] = params
 
     def view(self) -> np.ndarray:
@@ -80,7 +90,7 @@ class Board:
         trained models stand in, as in Baruch et al.'s estimate of the honest statistics."""
         rows = [v for _, v in sorted(self.models.items())]
         if len(rows) < 2:
-            rows += [v for _, v in sorted(self.own.items())]
+            rows += [v for _, v in sorted(self.own.items()) if np.all(np.isfinite(v))]
         if not rows:
             return np.zeros((0, 0))
         return np.stack(rows).astype(np.float64)
@@ -96,8 +106,11 @@ class Poisoner:
         board: Board,
         schedule: TopologySchedule,
         num_peers: int,
+        *,
+        before_masking: bool = False,
     ):
         self.cfg = cfg
+        self.before_masking = before_masking
         self.peer = peer
         self.board = board
         self.schedule = schedule
@@ -110,6 +123,14 @@ class Poisoner:
     def training(self, now: float, peer: int, start: np.ndarray) -> None:
         self.reference = np.asarray(start, dtype=np.float64)
 
+    def trained(self, now: float, peer: int, start: np.ndarray, params: np.ndarray) -> np.ndarray:
+        """Under secure aggregation or HE (``before_masking``) the poisoner rewrites its
+        trained model here, before the protocol masks or encrypts it; elsewhere it is left
+        alone and the shared messages are rewritten instead."""
+        if not self.before_masking:
+            return params
+        return self._rewrite(now, -1, params, None)
+
     def incoming(self, now: float, src: int, dst: int, message: Any) -> None:
         params = _params(message)
         if params is not None and not isinstance(message, GlobalModel):
@@ -117,31 +138,39 @@ class Poisoner:
 
     def outgoing(self, now: float, src: int, dst: int, message: Any) -> list[tuple[float, Any]]:
         params = _params(message)
-        if params is None or not isinstance(message, SHARED_MODELS):
-            return [(0.0, message)]
         honest = [(0.0, message)]
+        if params is None or not isinstance(message, SHARED_MODELS) or self.before_masking:
+            return honest
+        behaviour = self.cfg.behaviour
+        if behaviour not in ("delay", "flood"):
+            out = self._rewrite(now, dst, params, message)
+            return honest if out is params else [(0.0, _with_params(message, out))]
+        self.board.own[self.peer] = params
+        if not self._acts(now, dst):
+            return honest
+        self.poisoned += 1
+        if behaviour == "delay":
+            return [(float(self.cfg.delay), message)]
+        return [(0.0, message)] * self.cfg.copies
+
+    def _rewrite(self, now: float, dst: int, params: np.ndarray, message: Any) -> np.ndarray:
+        """The model shared (or masked) instead of ``params``: a stale replay or a crafted
+        model when the poisoner acts now, else ``params``."""
         self.board.own[self.peer] = params
         if not self._acts(now, dst):
             self.sent.append(params)
-            return honest
-        behaviour = self.cfg.behaviour
-        if behaviour == "delay":
-            self.poisoned += 1
-            return [(float(self.cfg.delay), message)]
-        if behaviour == "flood":
-            self.poisoned += 1
-            return [(0.0, message)] * self.cfg.copies
-        if behaviour == "stale":
+            return params
+        if self.cfg.behaviour == "stale":
             self.sent.append(params)
             if len(self.sent) <= self.cfg.stale_rounds:
-                return honest  # nothing old enough yet
+                return params  # nothing old enough yet
             self.poisoned += 1
-            return [(0.0, _with_params(message, self.sent[0]))]
+            return self.sent[0]
         out = self._craft(params, dst, message)
         if out is None:
-            return honest
+            return params
         self.poisoned += 1
-        return [(0.0, _with_params(message, out.astype(np.float32)))]
+        return out.astype(np.float32)
 
     def _acts(self, now: float, dst: int) -> bool:
         if self.cfg.behaviour in ("label_flip", "backdoor"):

@@ -110,7 +110,7 @@ from p2pfed.protocol.core import (
     Train,
     TrainingDone,
 )
-from p2pfed.robust import RobustConfig, RobustError, aggregate
+from p2pfed.robust import RobustConfig, RobustError, aggregate, buckets
 
 FedKind = Literal["fedavg", "fedasync", "fedbuff"]
 StalenessKind = Literal["polynomial", "constant", "hinge"]
@@ -498,12 +498,14 @@ class FedAvgCoordinator(Protocol[FedAvgState]):
         min_fraction: float = 1.0,
         server_lr: float = 1.0,
         robust: RobustConfig | None = None,
+        bucket_seed: int = 0,
     ):
         _check_common(num_clients, rounds, 1, None, timeout)
         if not (math.isfinite(min_fraction) and 0 < min_fraction <= 1):
             raise ProtocolError(f"min_fraction must be in (0, 1], got {min_fraction}")
         _check_server_lr(server_lr)
         self.robust = robust if robust is not None and robust.rule != "mean" else None
+        self.bucket_seed = bucket_seed
         self.peer = num_clients
         self.num_clients = num_clients
         self.rounds = rounds
@@ -596,7 +598,7 @@ class FedAvgCoordinator(Protocol[FedAvgState]):
 
     def _robust_mean(self, state: FedAvgState, effects: list[Effect]) -> np.ndarray:
         assert self.robust is not None
-        return _robust_mean(self.robust, state, effects)
+        return _robust_mean(self.robust, state, effects, self.bucket_seed, self.num_clients)
 
     def _aggregate(self, state: FedAvgState) -> tuple[FedAvgState, list[Effect]]:
         effects: list[Effect] = []
@@ -626,13 +628,26 @@ class FedAvgCoordinator(Protocol[FedAvgState]):
         return state, [*effects, *sends, Stop()]
 
 
-def _robust_mean(robust: RobustConfig, state: FedAvgState, effects: list[Effect]) -> np.ndarray:
+def _robust_mean(
+    robust: RobustConfig,
+    state: FedAvgState,
+    effects: list[Effect],
+    bucket_seed: int,
+    num_clients: int,
+) -> np.ndarray:
     """The clients' models aggregated by the robust rule, centred on the global model they
-    trained from, weighted by samples; what it rejected and clipped is reported."""
+    trained from, weighted by samples (over the means of the round's buckets when
+    ``robust.bucket_size`` is set: :mod:`p2pfed.robust.buckets`); what it rejected and
+    clipped is reported."""
     ids = sorted(state.inbox)
     models = np.stack([np.asarray(state.inbox[k][0], np.float64) for k in ids])
     samples = np.array([max(state.inbox[k][1], 0) for k in ids], dtype=np.float64)
     weights = samples if samples.sum() > 0 else np.ones(len(ids))
+    if robust.bucket_size is not None:
+        at = {k: pos for pos, k in enumerate(ids)}
+        groups = buckets.assign(range(num_clients), robust.bucket_size, bucket_seed, state.round)
+        present = [[at[k] for k in members if k in at] for members in groups]
+        models, weights = buckets.bucket_means(models, weights, [g for g in present if g])
     try:
         agg = aggregate(
             robust, None, models, weights, 0.0, reference=state.params.astype(np.float64)
@@ -900,14 +915,16 @@ def build_fed_protocol(
     staleness_exponent: float = 0.5,
     buffer_size: int | None = None,
     robust: RobustConfig | None = None,
+    bucket_seed: int = 0,
 ) -> Protocol[Any]:
     """Build one participant of a star: client ``peer`` (``0 <= peer < num_clients``) or the
     coordinator (``peer == num_clients``).
 
     ``seed`` is accepted for a uniform factory signature; these protocols draw nothing at
-    random. Settings a kind does not use are ignored (``alpha`` outside FedAsync,
-    ``buffer_size`` outside FedBuff, ...); the ones it uses are checked on every peer, so a
-    client fails exactly as the coordinator would.
+    random (``bucket_seed``, the run's public seed of the FedAvg coordinator's robust
+    buckets, is not a draw of theirs). Settings a kind does not use are ignored (``alpha``
+    outside FedAsync, ``buffer_size`` outside FedBuff, ...); the ones it uses are checked on
+    every peer, so a client fails exactly as the coordinator would.
     """
     if kind not in FED_PROTOCOLS:
         raise ProtocolError(
@@ -930,6 +947,7 @@ def build_fed_protocol(
             min_fraction=min_fraction,
             server_lr=server_lr,
             robust=robust,
+            bucket_seed=bucket_seed,
         )
         if peer == num_clients:
             return coordinator

@@ -98,6 +98,8 @@ from p2pfed.protocol.core import (
     TrainingDone,
 )
 from p2pfed.protocol.fed import GlobalModel
+from p2pfed.robust import RobustConfig, RobustError, aggregate, buckets
+from p2pfed.robust.buckets import num_buckets
 from p2pfed.topology import TopologySchedule
 
 SecureMode = Literal["secret-share", "secagg"]
@@ -873,11 +875,21 @@ class SecureFedAvgState:
     version: int = -1  # client: the latest global round adopted
     aborted_rounds: int = 0
     done: bool = False
+    #: coordinator, robust buckets: this round's finished sessions, by bucket
+    results: dict[int, SumResult] = field(default_factory=dict)
 
 
 class SecureFedAvg(Protocol[SecureFedAvgState]):
     """FedAvg through a coordinator that only ever holds the masked or shared updates and
-    their sum (module docstring). Client ids ``0..n-1``, coordinator ``n``."""
+    their sum (module docstring). Client ids ``0..n-1``, coordinator ``n``.
+
+    With a robust rule (``robust``, its ``bucket_size`` set) every round splits the clients
+    into the public buckets of :mod:`p2pfed.robust.buckets`, runs one secure sum per bucket
+    (session number ``round * B + bucket``, so sessions stay ordered) and moves the model
+    to the rule's aggregate of the bucket means, centred on the global model; a bucket whose
+    session aborted is left out, and too few buckets for the rule keep the model
+    (``robust_skipped``). The coordinator then learns ``B`` sums of about ``n / B`` clients
+    each instead of one sum: see that module for what this costs."""
 
     messages: ClassVar[tuple[type[Message], ...]] = (GlobalModel, *SESSION_MESSAGES)
 
@@ -893,11 +905,23 @@ class SecureFedAvg(Protocol[SecureFedAvgState]):
         server_lr: float = 1.0,
         epochs: int = 1,
         steps: int | None = None,
+        robust: RobustConfig | None = None,
+        bucket_seed: int = 0,
     ):
         if rounds < 1:
             raise ProtocolError("rounds must be at least 1")
         if not 0 <= peer <= num_clients:
             raise ProtocolError(f"peer {peer} is neither a client nor the coordinator")
+        if robust is not None and robust.rule != "mean" and robust.bucket_size is None:
+            raise ProtocolError(
+                f"robust rule {robust.rule} under secure aggregation needs bucket_size: the "
+                "coordinator sees sums only, and the rule runs over bucket sums"
+            )
+        self.robust = robust if robust is not None and robust.rule != "mean" else None
+        self.bucket_seed = bucket_seed
+        self.num_buckets = (
+            1 if self.robust is None else num_buckets(num_clients, self.robust.bucket_size or 1)
+        )
         self.peer = peer
         self.num_clients = num_clients
         self.coordinator = num_clients
@@ -943,36 +967,70 @@ class SecureFedAvg(Protocol[SecureFedAvgState]):
         if isinstance(event, Started):
             return state, self._open_round(state)
         effects, result = sec.on_event(state.sec, event)
-        if result is not None and not state.done and result.round == state.round:
-            effects += self._aggregate(state, result)
+        if result is not None:
+            effects += self._finished(state, result)
         return state, effects
+
+    def _buckets(self, rnd: int) -> list[tuple[int, ...]]:
+        """Round ``rnd``'s groups of clients, one secure sum each (all clients, or the
+        robust rule's buckets)."""
+        if self.robust is None:
+            return [tuple(self._clients())]
+        size = self.robust.bucket_size
+        assert size is not None
+        return buckets.assign(self._clients(), size, self.bucket_seed, rnd)
 
     def _open_round(self, state: SecureFedAvgState) -> list[Effect]:
         model = GlobalModel(round=state.round, params=state.params, final=False)
         effects: list[Effect] = [Send(k, model) for k in self._clients()]
-        more, result = self.secure.open(state.sec, state.round, list(self._clients()))
-        effects += more
-        if result is not None:
-            effects += self._aggregate(state, result)
+        state.results = {}
+        b = self.num_buckets
+        for index, members in enumerate(self._buckets(state.round)):
+            more, result = self.secure.open(state.sec, state.round * b + index, list(members))
+            effects += more
+            if result is not None:
+                effects += self._finished(state, result)
         return effects
 
-    def _aggregate(self, state: SecureFedAvgState, result: SumResult) -> list[Effect]:
+    def _finished(self, state: SecureFedAvgState, result: SumResult) -> list[Effect]:
+        """A session ended: once every bucket of the current round has, aggregate."""
+        rnd, index = divmod(result.round, self.num_buckets)
+        if state.done or rnd != state.round:
+            return []
+        state.results[index] = result
+        if len(state.results) < self.num_buckets:
+            return []
+        return self._aggregate(state)
+
+    def _aggregate(self, state: SecureFedAvgState) -> list[Effect]:
         effects: list[Effect] = []
-        total = result.total
-        if total is not None and total[-1] > 0:
-            mean = total[:-1] / total[-1]
-            lr = self.server_lr
-            state.params = ((1 - lr) * state.params + lr * mean).astype(np.float32)
-            effects.append(
-                Emit(
-                    "round_aggregated", {"round": state.round, "clients": len(result.contributors)}
-                )
-            )
-        else:
+        results = [state.results[k] for k in sorted(state.results)]
+        kept = [r.total is not None and r.total[-1] > 0 for r in results]
+        good = [r for r, ok in zip(results, kept, strict=True) if ok]
+        if not good:
             state.aborted_rounds += 1
-            reason = result.reason or "the weights summed to zero"
+            reasons = [r.reason for r in results if r.reason]
+            reason = "; ".join(dict.fromkeys(reasons)) or "the weights summed to zero"
             effects.append(Emit("secure_round_aborted", {"round": state.round, "reason": reason}))
-        self.secure.close(state.sec, state.round)
+        else:
+            if self.robust is None:
+                total = good[0].total
+                assert total is not None
+                mean: np.ndarray | None = total[:-1] / total[-1]
+            else:
+                mean = self._robust_mean(state, good, effects)
+            if mean is not None:  # None: too few buckets for the rule, the model stays
+                lr = self.server_lr
+                state.params = ((1 - lr) * state.params + lr * mean).astype(np.float32)
+                clients = sum(len(r.contributors) for r in good)
+                fields = {"round": state.round, "clients": clients}
+                effects.append(Emit("round_aggregated", fields))
+            lost = [k for k, ok in enumerate(kept) if not ok]
+            if lost:
+                lost_fields = {"round": state.round, "buckets": lost, "count": len(lost)}
+                effects.append(Emit("secure_bucket_lost", lost_fields))
+        self.secure.close(state.sec, (state.round + 1) * self.num_buckets - 1)
+        state.results = {}
         state.round += 1
         if state.round >= self.rounds:
             state.done = True
@@ -982,6 +1040,27 @@ class SecureFedAvg(Protocol[SecureFedAvgState]):
         else:
             effects += self._open_round(state)
         return effects
+
+    def _robust_mean(
+        self, state: SecureFedAvgState, good: Sequence[SumResult], effects: list[Effect]
+    ) -> np.ndarray | None:
+        """The rule over the bucket means, weighted by each bucket's total sample weight and
+        centred on the global model; None (the model stays) when too few buckets are left."""
+        assert self.robust is not None
+        totals = [r.total for r in good if r.total is not None]
+        means = np.stack([t[:-1] / t[-1] for t in totals])
+        weights = np.array([t[-1] for t in totals], dtype=np.float64)
+        try:
+            agg = aggregate(
+                self.robust, None, means, weights, 0.0, reference=state.params.astype(np.float64)
+            )
+        except RobustError as exc:
+            effects.append(Emit("robust_skipped", {"round": state.round, "reason": str(exc)}))
+            return None
+        for name, count in (("robust_rejected", agg.rejected), ("robust_clipped", agg.clipped)):
+            if count:
+                effects.append(Emit(name, {"round": state.round, "count": count}))
+        return agg.value
 
     # -- client ----------------------------------------------------------------------------
 
@@ -1024,14 +1103,17 @@ class SecureFedAvg(Protocol[SecureFedAvgState]):
             x = np.empty(event.params.size + 1, dtype=np.float64)
             x[:-1] = w * event.params
             x[-1] = w
-            self.secure.forget_before(state.sec, rnd - 1)
+            b = self.num_buckets
+            self.secure.forget_before(state.sec, (rnd - 1) * b)
             effects = []
             if event.samples > self.max_weight:
                 # weights above max_weight are cut to it: the average is no longer by samples
                 fields = {"round": rnd, "samples": event.samples, "max_weight": self.max_weight}
                 effects.append(Emit("secure_weight_capped", fields))
+            groups = self._buckets(rnd)
+            index = buckets.bucket_of(groups, self.peer)
             effects += self.secure.contribute(
-                state.sec, self.coordinator, rnd, list(self._clients()), x
+                state.sec, self.coordinator, rnd * b + index, list(groups[index]), x
             )
             state.round += 1
             if state.round >= self.rounds and not state.done:

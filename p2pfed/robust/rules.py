@@ -214,6 +214,15 @@ class RobustConfig(BaseModel):
         description="norm_clip: L2 bound M of each input's distance from the centre "
         "(required for norm_clip)",
     )
+    bucket_size: StrictInt | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description="fedavg: the coordinator averages random buckets of at least this many "
+        "clients (fresh each round) and applies the rule over the bucket means; under "
+        "secagg / secret-share each bucket is one secure sum (p2pfed.robust.buckets); "
+        "null: every client is an input",
+    )
 
     @model_validator(mode="after")
     def _complete(self) -> RobustConfig:

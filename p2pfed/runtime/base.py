@@ -55,6 +55,12 @@ class Overlay(Protocol):
     def training(self, now: float, peer: int, start: np.ndarray) -> None:
         """The peer starts a local training from ``start``."""
 
+    def trained(self, now: float, peer: int, start: np.ndarray, params: np.ndarray) -> np.ndarray:
+        """The peer's local training from ``start`` produced ``params``: what the protocol is
+        handed instead (``params`` itself is honest). Where shared messages hide the model
+        (secure aggregation, HE) this is where a poisoner chooses its input."""
+        ...
+
     def incoming(self, now: float, src: int, dst: int, message: Any) -> None:
         """The peer accepted ``message`` from ``src``."""
 

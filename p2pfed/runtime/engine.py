@@ -55,8 +55,10 @@ arguments and calls for runs to be reproducible; under Ray every host calls its 
 Misbehaving peers. A peer slot may carry an ``overlay`` (:class:`~p2pfed.runtime.base.Overlay`,
 a poisoner): the engine tells it where each local training starts and what the peer accepted,
 and sends what it returns in place of each message the protocol sends — rewritten, withheld,
-several copies, or later (an extra delay on top of the network's). The protocol underneath
-stays honest and never learns.
+several copies, or later (an extra delay on top of the network's); where messages hide the
+model (secure sums, HE) it rewrites the trained model before the protocol sees it. Each
+message or trained model it changed counts once in the peer's ``poisoned`` counter. The
+protocol underneath stays honest and never learns.
 
 Endpoint views. ``inbox_taps`` see what a receiver saw: every frame a local peer accepted,
 after opening its seal, with the time it was handled. A curious peer or coordinator is an
@@ -321,7 +323,12 @@ class PeerEngine:
             result = peer.trainer.train(base, epochs=effect.epochs, steps=effect.steps)
             peer.training = True
             peer.trainings += 1
-            done = TrainingDone(result.params, base, result.loss, result.samples)
+            params = result.params
+            if peer.overlay is not None:
+                params = peer.overlay.trained(self.now, peer.id, base, params)
+                if params is not result.params:
+                    peer.counters["poisoned"] = peer.counters.get("poisoned", 0) + 1
+            done = TrainingDone(params, base, result.loss, result.samples)
             if self.clock is None:
                 at = self.now + self.cost.train_time(peer.id, result.samples)
             else:  # it took real time; a straggler's result comes later still
@@ -354,7 +361,11 @@ class PeerEngine:
         if overlay is None:
             self._send_message(src, dst, effect.message)
             return
-        for delay, message in overlay.outgoing(self.now, src, dst, effect.message):
+        out = overlay.outgoing(self.now, src, dst, effect.message)
+        if len(out) != 1 or out[0][0] != 0.0 or out[0][1] is not effect.message:
+            counters = self.peers[src].counters
+            counters["poisoned"] = counters.get("poisoned", 0) + 1
+        for delay, message in out:
             self._send_message(src, dst, message, delay)
 
     def _send_message(self, src: int, dst: int, message: Any, delay: float = 0.0) -> None:

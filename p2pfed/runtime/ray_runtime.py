@@ -1,6 +1,7 @@
 """The Ray runtime: peers live in ``PeerHost`` actors on this machine or a cluster.
 
-Layout. A ``PeerHost`` is a Ray actor carrying a contiguous block of peers (one engine,
+Layout. A ``PeerHost`` is a Ray actor carrying a block of peers (contiguous ids, except
+that each group of colluding poisoners is kept on one host: :func:`place`; one engine,
 :class:`~p2pfed.runtime.engine.PeerEngine`, the same code the in-process runtime runs). An
 actor that imports torch costs about 190 MB and 1.7 s to start here, so the default is one
 host per CPU (or per GPU share) and many peers per host. Peer state — model, optimiser,
@@ -476,8 +477,13 @@ def plan_hosts(
     coordinator: int | None,
     rcfg: Any,
     resources: dict[str, float],
+    together: Sequence[Sequence[int]] = (),
 ) -> HostPlan:
-    """Decide the hosts from the config and the cluster's resources (see RuntimeConfig)."""
+    """Decide the hosts from the config and the cluster's resources (see RuntimeConfig).
+
+    Peers go to hosts in contiguous, balanced blocks, except the groups in ``together`` (the
+    colluding poisoners of one adversary): each group lands whole on one host, so its members
+    share one view of what they received as they do in-process (see :func:`place`)."""
     cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
     c, g = float(rcfg.cpus_per_host), float(rcfg.gpus_per_host)
     if rcfg.hosts is not None:
@@ -500,8 +506,32 @@ def plan_hosts(
             f"{hosts} PeerHosts x {g:g} GPUs need {hosts * g:g} GPUs but the Ray cluster has "
             f"{gpus:g}: lower runtime.hosts or runtime.gpus_per_host, or use device cpu"
         )
-    blocks = [b.tolist() for b in np.array_split(np.arange(num_peers), hosts)]
-    return HostPlan(blocks, c, g, coordinator)
+    return HostPlan(place(num_peers, hosts, together), c, g, coordinator)
+
+
+def place(num_peers: int, hosts: int, together: Sequence[Sequence[int]] = ()) -> list[list[int]]:
+    """Peers per host: balanced contiguous blocks; each group in ``together`` is put whole on
+    the host with the most room left (largest group first), and the other peers fill the
+    hosts in id order up to the balanced sizes. A host left with no peer is dropped (groups
+    too big to spread over every host). Deterministic."""
+    sizes = [len(b) for b in np.array_split(np.arange(num_peers), hosts)]
+    groups = [sorted(set(g)) for g in together if g]
+    grouped = {p for g in groups for p in g}
+    if len(grouped) != sum(len(g) for g in groups):
+        raise RuntimeFailure("a peer belongs to two groups that must share a host")
+    if not groups:
+        return [b.tolist() for b in np.array_split(np.arange(num_peers), hosts)]
+    blocks: list[list[int]] = [[] for _ in range(hosts)]
+    for g in sorted(groups, key=lambda g: (-len(g), g)):
+        h = max(range(hosts), key=lambda h: (sizes[h] - len(blocks[h]), -h))
+        blocks[h] += g
+    for p in range(num_peers):
+        if p in grouped:
+            continue
+        room = [h for h in range(hosts) if len(blocks[h]) < sizes[h]]
+        h = room[0] if room else min(range(hosts), key=lambda h: (len(blocks[h]), h))
+        blocks[h].append(p)
+    return [sorted(b) for b in blocks if b]
 
 
 # --- the runtime ---------------------------------------------------------------------------
@@ -547,6 +577,7 @@ class RayRuntime:
                 world.num_peers if world.participants > world.num_peers else None,
                 rcfg,
                 ray.cluster_resources(),
+                together=[a.peers for _, a in self.config.poisoners],
             )
             self._start_hosts()
         except BaseException:
