@@ -30,7 +30,8 @@ test: $(STAMP)
 	$(BIN)/ruff check p2pfed tests scripts
 	$(BIN)/ruff format --check p2pfed tests scripts
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not ray" -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -m ray
 
 lint: $(STAMP)
 	$(BIN)/ruff check p2pfed tests scripts

@@ -61,7 +61,7 @@ _PROTOCOL_KEYS = {
     "staleness": ("fedasync", "fedbuff"),
     "staleness_exponent": ("fedasync", "fedbuff"),
     "buffer_size": ("fedbuff",),
-    "robust": ("dpsgd", "fedavg"),
+    "robust": ("dpsgd", "gossip", "fedavg"),
 }
 
 
@@ -97,8 +97,9 @@ class ProtocolConfig(BaseModel):
     )
     robust: RobustConfig = Field(
         RobustConfig(),
-        description="dpsgd: each peer's neighbourhood rule; fedavg: the coordinator's "
-        "(p2pfed.robust)",
+        description="dpsgd: each peer's neighbourhood rule; gossip: the rule of each pairwise "
+        "exchange (one input: norm_clip, clipped_gossip with cg_tau, centered_clip, balance); "
+        "fedavg: the coordinator's (p2pfed.robust)",
     )
 
     @model_validator(mode="after")

@@ -56,6 +56,7 @@ from p2pfed.privacy.accountant import gaussian_epsilon, sampled_gaussian_epsilon
 from p2pfed.progress import ProgressReporter
 from p2pfed.protocol import FED_PROTOCOLS, PROTOCOLS, Codec, build_fed_protocol, build_protocol
 from p2pfed.protocol.core import Message, Protocol
+from p2pfed.protocol.gossip import check_pairwise
 from p2pfed.protocol.he import (
     CKKS_COSTS,
     HE_GOSSIP_MESSAGES,
@@ -326,6 +327,9 @@ def _check_robust(config: ExperimentConfig, schedule: TopologySchedule) -> None:
     rule = config.protocol.robust
     if rule.rule == "mean":
         return
+    if config.protocol.kind == "gossip":
+        check_pairwise(rule)
+        return
     if config.protocol.kind == "fedavg":
         n = config.num_peers
         # with buckets the rule sees one input per bucket, and a Byzantine client taints one
@@ -574,7 +578,7 @@ def _protocol(world: World, peer: int, seed: int) -> Protocol[Any]:
             bucket_seed=world.config.seed,
             **common,
         )
-    robust = pcfg.robust if pcfg.kind == "dpsgd" else None
+    robust = pcfg.robust if pcfg.kind in ("dpsgd", "gossip") else None
     return build_protocol(pcfg.kind, peer, world.schedule, robust=robust, **common)  # type: ignore[arg-type]
 
 

@@ -8,6 +8,14 @@ import torch
 torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that needs the session's Ray instance is a ``ray`` test: ``make test``
+    runs the others on both cores (pytest-xdist) and these after them, one at a time."""
+    for item in items:
+        if "ray_local" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ray)
+
+
 def small_config(**sections: dict) -> dict:  # type: ignore[type-arg]
     """A fast experiment as a raw mapping; sections replace the defaults key by key."""
     cfg: dict = {  # type: ignore[type-arg]

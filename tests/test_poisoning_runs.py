@@ -118,6 +118,42 @@ def test_under_alie_and_ipm_the_robust_rules_are_not_worse_than_plain(
         assert _honest(rule, attack, out) >= plain - 0.02, rule
 
 
+def _gossip(rule: str, attack: str | None, out: str, **robust: Any) -> float:
+    cfg = _config(rule, attack)
+    cfg["protocol"]["kind"] = "gossip"
+    cfg["protocol"]["robust"].update(robust)
+    s = run(cfg, out=Path(out) / f"gossip-{rule}-{attack}").summary
+    return float(s["robustness"]["honest_mean_acc"] if attack else s["final"]["mean_acc"])
+
+
+def test_pairwise_gossip_with_a_robust_exchange(out: str) -> None:
+    """Asynchronous pairwise gossip mixes one partner at a time, so BALANCE's acceptance test
+    and a fixed-radius ClippedGossip apply to each exchange: against two Gaussian attackers
+    plain gossip falls to 0.39 and both keep 0.90 (measured); without attack BALANCE costs
+    nothing (0.905 both)."""
+    assert _gossip("mean", "gaussian", out) <= 0.5
+    assert _gossip("balance", "gaussian", out) >= 0.85
+    assert _gossip("clipped_gossip", "gaussian", out, cg_tau=1.0) >= 0.85
+    assert _gossip("balance", None, out) >= _gossip("mean", None, out) - 0.02
+
+
+@pytest.mark.parametrize(
+    ("robust", "message"),
+    [
+        ({"rule": "median"}, "needs a pool of inputs"),
+        ({"rule": "clipped_gossip"}, "needs a fixed cg_tau"),
+    ],
+)
+def test_gossip_refuses_rules_that_need_a_pool(
+    tmp_path: Path, robust: dict[str, Any], message: str
+) -> None:
+    cfg = _config("mean", None, rounds=1)
+    cfg["protocol"] = {"kind": "gossip", "rounds": 1, "robust": robust}
+    with pytest.raises(ConfigError, match=message):
+        run(cfg, out=tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+
+
 def test_timing_attacks_in_a_run(out: str) -> None:
     """Shares held 5 s miss their rounds: the attackers' neighbours time out and skip them,
     then drop them as stale, and honest accuracy falls (measured 0.76 against 0.93 clean);
@@ -140,6 +176,21 @@ def test_label_flipping_costs_plain_gossip(tmp_path: Path) -> None:
     rb = flipped["robustness"]
     assert rb["poisoners"] == sorted(four) and rb["poisoned"] == 0  # the data, not the frames
     assert rb["honest_mean_acc"] <= clean - 0.05
+
+
+@pytest.mark.parametrize("action", ["replay", "inject"])
+def test_replayed_and_forged_frames_change_nothing_on_a_sealed_run(
+    tmp_path: Path, action: str
+) -> None:
+    """The original frames still arrive; every extra one fails to open, is counted, and the
+    run is the clean sealed run exactly."""
+    clean = run(_ring({"channel": "aead"}, False), out=tmp_path / "clean").summary
+    cfg = _ring({"channel": "aead"}, True)
+    cfg["adversaries"][0]["action"] = action
+    hit = run(cfg, out=tmp_path / action).summary
+    assert hit["frames_rejected"] == 4 * 8
+    assert hit["final"] == clean["final"]
+    assert hit["rounds_completed"] == clean["rounds_completed"]
 
 
 def _ring(security: dict[str, Any] | None, on_path: bool) -> dict[str, Any]:

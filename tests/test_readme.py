@@ -101,3 +101,9 @@ def test_readme_poisoner_block_is_a_valid_config() -> None:
     )
     assert cfg.robust_rule == "clipped_gossip"
     assert [k for k, _ in cfg.poisoners] == [0] and [k for k, _ in cfg.on_path] == [1]
+
+
+def test_readme_secure_robust_block_is_a_valid_config() -> None:
+    block = next(b for b in _blocks("yaml") if "bucket_size" in b)
+    cfg = config_from_mapping({**yaml.safe_load(block), "topology": {"kind": "ring", "n": 16}})
+    assert cfg.security.aggregation == "secagg" and cfg.protocol.robust.bucket_size == 3

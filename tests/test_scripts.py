@@ -185,6 +185,7 @@ def test_privacy_matrix_prints_every_protection_against_every_observer(tmp_path:
     assert (tmp_path / "matrix.md").exists()
 
 
+@pytest.mark.ray  # it starts a private Ray instance of its own, on both cores
 def test_stress_grid_runs_cells_on_ray_and_draws_a_heatmap(tmp_path: Path) -> None:
     out = _run(
         "stress_grid.py",

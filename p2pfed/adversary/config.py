@@ -279,7 +279,7 @@ OnPathAction = Literal["modify", "replay", "inject", "drop"]
 
 class OnPathConfig(BaseModel):
     """An attacker on the path of ``links`` (DESIGN.md section 5): it ``modify``s frames
-    (their model negated, in place), ``replay``s them (each goes again ``delay`` later),
+    (their model negated, in place), ``replay``s them (each is delivered twice),
     ``inject``s forged ones (a model of noise claiming to be from the sender) or ``drop``s
     them, on its ``schedule``. On a plain link the receiver takes what arrives; on a sealed
     one (``security.channel: aead``) every altered, replayed or forged frame fails to open

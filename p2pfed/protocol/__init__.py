@@ -53,7 +53,7 @@ def build_protocol(
     robust: RobustConfig | None = None,
 ) -> Protocol[Any]:
     """Build one peer's protocol instance from config values (``robust``: D-PSGD's
-    neighbourhood rule; the other kinds take none)."""
+    neighbourhood rule, or gossip's pairwise one; push-sum takes none)."""
     if kind == "dpsgd":
         return DPSGD(
             peer,
@@ -73,6 +73,7 @@ def build_protocol(
             epochs=epochs,
             steps=steps,
             reply_timeout=timeout,
+            robust=robust,
         )
     return PushSum(peer, schedule, rounds=rounds, epochs=epochs, steps=steps)
 

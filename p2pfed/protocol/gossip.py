@@ -24,6 +24,17 @@ that arrives after the peer gave up waiting is still applied, so late replies ke
 A neighbour reported gone (:class:`PeerDown`) is never chosen again; a request waiting on it
 is abandoned at once (``partner_down``), and a peer whose neighbours are all gone keeps
 training alone.
+
+Robust gossip (``robust``, :mod:`p2pfed.robust`). Each exchange mixes one neighbour, so only
+the rules that judge a single input against the peer's own model apply: ``norm_clip`` and
+``clipped_gossip`` with a fixed radius (``x_i += clip(x_j - x_i, tau) / 2``: self-centred
+clipping, He, Karimireddy & Jaggi 2022, on a pool of one), ``centered_clip`` and ``balance``
+(accept ``x_j`` only within ``gamma exp(-kappa t/T) ||x_i||``, then ``alpha x_i + (1 - alpha)
+x_j``; with the default ``alpha`` 0.5 exactly the plain half step). Both sides of an exchange
+apply the rule to what they received, so a clipped or refused exchange no longer preserves
+the network sum: that is the point, a Byzantine partner's push is what gets cut. Counting
+rules (median, trimmed mean, Krum, geometric median) need a pool and are refused by the
+config; so is ClippedGossip's adaptive radius, which on a pool of one clips everything.
 """
 
 from __future__ import annotations
@@ -51,6 +62,7 @@ from p2pfed.protocol.core import (
     Train,
     TrainingDone,
 )
+from p2pfed.robust import RobustConfig, RobustError, aggregate
 from p2pfed.topology import TopologySchedule
 
 
@@ -103,9 +115,13 @@ class AsyncGossip(Protocol[GossipState]):
         epochs: int = 1,
         steps: int | None = None,
         reply_timeout: float | None = None,
+        robust: RobustConfig | None = None,
     ):
         if rounds < 1:
             raise ProtocolError("rounds must be at least 1")
+        robust = robust if robust is not None and robust.rule != "mean" else None
+        if robust is not None:
+            check_pairwise(robust)
         if schedule.directed:
             raise ProtocolError(
                 f"pairwise gossip replies over the link it was asked on, so it needs an "
@@ -118,6 +134,7 @@ class AsyncGossip(Protocol[GossipState]):
         self.epochs = epochs
         self.steps = steps
         self.reply_timeout = reply_timeout
+        self.robust = robust
 
     def initial_state(self, params: np.ndarray) -> GossipState:
         return GossipState(
@@ -143,8 +160,9 @@ class AsyncGossip(Protocol[GossipState]):
                 reply = GossipReply(nonce=msg.nonce, params=state.params.astype(np.float32))
                 # both halves are computed in float64 from the same two float32 vectors, so
                 # they cancel to float64 rounding
-                state.params += (msg.params.astype(np.float64) - reply.params) / 2.0
-                return state, [Send(to=event.sender, message=reply)]
+                effects: list[Effect] = [Send(to=event.sender, message=reply)]
+                state.params += self._step(state, reply.params, msg.params, effects)
+                return state, effects
             if isinstance(msg, GossipReply):
                 return self._on_reply(state, msg)
         if isinstance(event, PeerDown):
@@ -191,11 +209,39 @@ class AsyncGossip(Protocol[GossipState]):
         sent = state.sent.pop(msg.nonce, None)
         if sent is None:
             return state, [Emit("unexpected_reply_dropped", {"nonce": msg.nonce})]
-        state.params += (msg.params.astype(np.float64) - sent) / 2.0
+        effects: list[Effect] = []
+        state.params += self._step(state, sent, msg.params, effects)
         state.exchanges += 1
         if state.phase == "waiting" and msg.nonce == state.round:
-            return self._finish_round(state, [])
-        return state, []
+            return self._finish_round(state, effects)
+        return state, effects
+
+    def _step(
+        self, state: GossipState, mine: np.ndarray, theirs: np.ndarray, effects: list[Effect]
+    ) -> np.ndarray:
+        """The change one exchange makes to a model that held ``mine`` when it met
+        ``theirs``: half the difference, or the robust rule's step (module docstring)."""
+        own = np.asarray(mine, np.float64)
+        other = np.asarray(theirs, np.float64)
+        if self.robust is None:
+            return (other - own) / 2.0
+        try:
+            agg = aggregate(
+                self.robust,
+                own,
+                other[None, :],
+                np.array([0.5]),
+                0.5,
+                step=state.round,
+                total_steps=self.rounds,
+            )
+        except RobustError as exc:  # a non-finite own model: nothing to mix into
+            effects.append(Emit("robust_skipped", {"round": state.round, "reason": str(exc)}))
+            return np.zeros_like(own)
+        for name, count in (("robust_rejected", agg.rejected), ("robust_clipped", agg.clipped)):
+            if count:
+                effects.append(Emit(name, {"round": state.round, "count": count}))
+        return agg.value - own
 
     def _finish_round(
         self, state: GossipState, effects: list[Effect]
@@ -206,3 +252,22 @@ class AsyncGossip(Protocol[GossipState]):
             return state, [*effects, Stop()]
         state.phase = "training"
         return state, [*effects, self._train(state)]
+
+
+#: the rules pairwise gossip can apply to one partner at a time (module docstring)
+PAIRWISE_RULES = frozenset({"mean", "norm_clip", "clipped_gossip", "centered_clip", "balance"})
+
+
+def check_pairwise(robust: RobustConfig) -> None:
+    """Raise :class:`~p2pfed.robust.RobustError` unless ``robust`` judges one input at a
+    time, as pairwise gossip needs."""
+    if robust.rule not in PAIRWISE_RULES:
+        raise RobustError(
+            f"{robust.rule} needs a pool of inputs, but pairwise gossip mixes one neighbour at "
+            f"a time: use one of {sorted(PAIRWISE_RULES - {'mean'})}, or protocol.kind dpsgd"
+        )
+    if robust.rule == "clipped_gossip" and robust.cg_tau is None:
+        raise RobustError(
+            "clipped_gossip in pairwise gossip needs a fixed cg_tau: the adaptive radius clips "
+            "the heaviest neighbours, and a pool of one is all heaviest"
+        )

@@ -67,13 +67,14 @@ not detect every attack.
 
 Privacy protections that hide individual inputs: every rule but ``mean`` needs to see each
 input (:data:`NEEDS_INDIVIDUAL_INPUTS`), so under secure aggregation or homomorphic
-encryption the aggregator can only compute ``mean`` of what was masked. Two things still
-work there: a norm bound applied (and, against Byzantine clients, proven) by each client
-on its own update before masking — ``norm_clip`` is the one rule a client can apply to
-itself (:data:`CLIENT_SIDE_RULES`, :func:`clip_to_norm`); a client that skips it is only
-caught by a verifiable bound, e.g. zero-knowledge norm proofs (Lycklama et al., "RoFL",
-IEEE S&P 2023) — and robust rules applied over sums, each revealed group or neighbourhood
-sum being one input (the bucketing idea of Karimireddy, He & Jaggi, ICLR 2022).
+encryption the aggregator can only compute ``mean`` of what was masked. What still works
+there is a rule over sums, each revealed sum being one input: a FedAvg coordinator's secure
+sums over random buckets of clients (:mod:`p2pfed.robust.buckets`, the bucketing of
+Karimireddy, He & Jaggi, ICLR 2022), at the price of revealing one sum per bucket. A norm
+bound each client applies to its own update before masking (:func:`clip_to_norm`,
+:data:`CLIENT_SIDE_RULES`) binds honest clients only: a Byzantine client skips it, and only a
+verifiable bound, e.g. zero-knowledge norm proofs (Lycklama et al., "RoFL", IEEE S&P 2023),
+would catch it; p2pfed does not offer it as a defence.
 
 Pure: numpy (and pydantic for the config); no Ray, no clock, no randomness — every rule is
 deterministic (ties go to the lower index).
