@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from p2pfed.adversary.config import (
+    NEEDS_VIEW,
     NOT_BEFORE_MASKING,
     AdversaryConfig,
     OnPathConfig,
@@ -331,6 +332,11 @@ class ExperimentConfig(BaseModel):
                 "protocol.robust.bucket_size is for fedavg (a coordinator's buckets of "
                 f"clients), not {self.protocol.kind}"
             )
+        if rule.bucket_size is not None and rule.rule == "mean":
+            raise ValueError(
+                "protocol.robust.bucket_size has no effect with rule mean (the mean of the "
+                "bucket means is the mean): choose a robust rule, or drop bucket_size"
+            )
         if rule.rule == "mean" or not (sec.secure_aggregation or sec.homomorphic):
             return
         hidden = (
@@ -403,6 +409,13 @@ class ExperimentConfig(BaseModel):
                         "give z explicitly"
                     )
                 hidden = self.security.secure_aggregation or self.security.homomorphic
+                if hidden and any_adv.behaviour in NEEDS_VIEW and f < 2:
+                    raise ValueError(
+                        f"adversaries[{k}]: behaviour {any_adv.behaviour} estimates the honest "
+                        "models from what the colluders see, and under security.aggregation "
+                        f"{self.security.aggregation} they see only their own: it needs at "
+                        "least 2 colluding peers"
+                    )
                 if hidden and any_adv.behaviour in NOT_BEFORE_MASKING:
                     raise ValueError(
                         f"adversaries[{k}]: behaviour {any_adv.behaviour} rewrites shared "

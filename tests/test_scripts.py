@@ -146,8 +146,10 @@ def test_bench_he_prints_throughput_sizes_and_round_times(tmp_path: Path) -> Non
     }
     assert set(rows) == {"plain", "paillier-group", "paillier-threshold", "ckks"}, out
     for mode in ("paillier-group", "paillier-threshold", "ckks"):
-        s_round, wall_x, _, _, _, bytes_x, acc = rows[mode]
-        assert s_round > 0 and wall_x > 1.0 and bytes_x > 1.0  # encryption costs something
+        _, _, vs_round, vs_x, _, bytes_x, acc = rows[mode]
+        # encryption costs something: in virtual time and bytes (wall seconds are the
+        # benchmark's to print, not a test's to assert: they vary with the machine's load)
+        assert vs_round > 0 and vs_x > 1.0 and bytes_x > 1.0
         assert acc == pytest.approx(rows["plain"][6], abs=0.005)  # the same training
 
 

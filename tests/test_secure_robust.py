@@ -145,11 +145,24 @@ def test_buckets_are_for_fedavg_and_too_many_for_the_clients_are_refused(tmp_pat
     assert not (tmp_path / "one-bucket").exists()
 
 
+def test_buckets_with_the_mean_and_a_lone_alie_under_masking_are_refused() -> None:
+    cfg = _config("median", None)
+    cfg["protocol"]["robust"]["rule"] = "mean"
+    with pytest.raises(ConfigError, match="no effect with rule mean"):
+        config_from_mapping(cfg)
+    cfg = _config("mean", None)
+    cfg["adversaries"] = [{"role": "poisoner", "peers": [1], "behaviour": "alie"}]
+    with pytest.raises(ConfigError, match="at least 2 colluding peers"):
+        config_from_mapping(cfg)
+    cfg["adversaries"][0]["peers"] = [1, 2]
+    config_from_mapping(cfg)
+
+
 @pytest.mark.parametrize("behaviour", ["dissensus", "delay", "flood"])
 def test_behaviours_that_need_shared_models_are_refused_under_secure_aggregation(
     behaviour: str,
 ) -> None:
     cfg = _config("mean", None)
-    cfg["adversaries"] = [{"role": "poisoner", "peers": [1], "behaviour": behaviour}]
+    cfg["adversaries"] = [{"role": "poisoner", "peers": [1, 2], "behaviour": behaviour}]
     with pytest.raises(ConfigError, match="only chooses its input before masking"):
         config_from_mapping(cfg)

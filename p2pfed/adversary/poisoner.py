@@ -8,15 +8,21 @@ requests and replies) on its own clock (:class:`~p2pfed.adversary.config.Schedul
 run seconds, virtual or wall). Colluding poisoners share one :class:`Board`: the honest
 models any of them received, by sender — their joint view of the honest peers, which ALIE,
 IPM and dissensus craft from. A board is shared memory, so under Ray the runtime places each
-colluding group on one host (:func:`~p2pfed.runtime.ray_runtime.place`) and the view, and
-the run, are the same as in-process.
+colluding group whose behaviour reads the view on one host
+(:func:`~p2pfed.runtime.ray_runtime.place`), and the view, and the run, are the same as
+in-process.
 
 Under secure aggregation and HE the shared messages hold masks, shares or ciphertexts, so a
 poisoner (``before_masking``) rewrites the model its training produced instead — its input
 to the secure sum or the encryption — through the overlay's ``trained`` hook; its view is
-then its colluders' own models (it receives no honest model but the global one), and the
-behaviours that need the shared models themselves (dissensus, delay, flood) are refused by
-the config.
+then its colluders' own models (it receives no honest model but the global one, so ALIE
+and IPM need two colluders or more), and the behaviours that need the shared models
+themselves (dissensus, delay, flood) are refused by the config. Two consequences: the
+schedule is read when the training starts (the engine trains at once and delivers the
+result later), and a result the protocol then throws away (a FedAvg client overtaken by a
+newer round) still counts as poisoned; and in gossip under secure sums the crafted model is
+also the poisoner's own state, so a sign flip or a scaling compounds over its rounds, where
+in the clear its own model stays honest.
 
 An :class:`OnPath` attacker is an interceptor (:data:`~p2pfed.runtime.base.Interceptor`) on
 chosen links: it modifies (negates the model inside, or flips a ciphertext byte), replays,

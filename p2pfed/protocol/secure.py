@@ -919,9 +919,12 @@ class SecureFedAvg(Protocol[SecureFedAvgState]):
             )
         self.robust = robust if robust is not None and robust.rule != "mean" else None
         self.bucket_seed = bucket_seed
-        self.num_buckets = (
-            1 if self.robust is None else num_buckets(num_clients, self.robust.bucket_size or 1)
-        )
+        size = self.robust.bucket_size if self.robust is not None else None
+        if size is not None and size < MIN_GROUP:
+            raise ProtocolError(
+                f"bucket_size {size}: each bucket is a secure sum of at least {MIN_GROUP}"
+            )
+        self.num_buckets = 1 if size is None else num_buckets(num_clients, size)
         self.peer = peer
         self.num_clients = num_clients
         self.coordinator = num_clients
@@ -1007,6 +1010,16 @@ class SecureFedAvg(Protocol[SecureFedAvgState]):
         results = [state.results[k] for k in sorted(state.results)]
         kept = [r.total is not None and r.total[-1] > 0 for r in results]
         good = [r for r, ok in zip(results, kept, strict=True) if ok]
+        lost = [k for k, ok in enumerate(kept) if not ok]
+        if lost and self.num_buckets > 1:
+            reasons = list(dict.fromkeys(results[k].reason or "zero weight" for k in lost))
+            lost_fields = {
+                "round": state.round,
+                "buckets": lost,
+                "count": len(lost),
+                "reasons": reasons,
+            }
+            effects.append(Emit("secure_bucket_lost", lost_fields))
         if not good:
             state.aborted_rounds += 1
             reasons = [r.reason for r in results if r.reason]
@@ -1025,10 +1038,6 @@ class SecureFedAvg(Protocol[SecureFedAvgState]):
                 clients = sum(len(r.contributors) for r in good)
                 fields = {"round": state.round, "clients": clients}
                 effects.append(Emit("round_aggregated", fields))
-            lost = [k for k, ok in enumerate(kept) if not ok]
-            if lost:
-                lost_fields = {"round": state.round, "buckets": lost, "count": len(lost)}
-                effects.append(Emit("secure_bucket_lost", lost_fields))
         self.secure.close(state.sec, (state.round + 1) * self.num_buckets - 1)
         state.results = {}
         state.round += 1

@@ -59,6 +59,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from p2pfed.adversary.config import NEEDS_VIEW
 from p2pfed.crypto.links import link_guard
 from p2pfed.errors import P2PFedError, ProtocolError, RuntimeFailure
 from p2pfed.protocol.codec import FrameSize
@@ -577,7 +578,11 @@ class RayRuntime:
                 world.num_peers if world.participants > world.num_peers else None,
                 rcfg,
                 ray.cluster_resources(),
-                together=[a.peers for _, a in self.config.poisoners],
+                together=[
+                    a.peers
+                    for _, a in self.config.poisoners
+                    if len(a.peers) > 1 and a.behaviour in NEEDS_VIEW
+                ],
             )
             self._start_hosts()
         except BaseException:
