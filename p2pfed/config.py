@@ -318,6 +318,7 @@ class ExperimentConfig(BaseModel):
         for peer in self.time.slowdown:
             if peer >= n:
                 raise ValueError(f"time.slowdown names peer {peer}, but the topology has {n}")
+        self.network.check_peers(n + int(self.has_coordinator))
         self._check_robust_under_protection()
         self._check_adversaries()
         return self

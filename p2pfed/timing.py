@@ -9,6 +9,12 @@ probability ``loss``. Latency is ``min + extra``, ``extra`` drawn from the confi
 distribution; ``min > 0`` is required because it is the lookahead that lets several hosts
 advance in parallel windows and still reproduce the single-process order of events.
 
+Links can differ: ``network.links`` overrides loss, latency and bandwidth on chosen links,
+in one direction (asymmetric links) or both. ``network.partitions`` cut the network for a
+time window: a frame that leaves while a partition is active and whose ends sit in
+different groups is lost (and counted as ``partitioned``). A window is ``[start, end)`` in
+run seconds; the groups heal at ``end``.
+
 Simplifications, stated so they are not mistaken for measurements: links are independent
 (no shared bottleneck), the downlink is unlimited, and lost frames are not retransmitted —
 protocols see loss and must cope (timeouts, push-sum mass loss).
@@ -26,7 +32,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 from p2pfed.fields import Real
 
@@ -90,6 +96,54 @@ class LatencyConfig(BaseModel):
     )
 
 
+class LinkConfig(BaseModel):
+    """Settings of one link that differ from the network's: ``src -> dst``, and ``dst ->
+    src`` too unless ``both`` is false (an asymmetric link)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    src: StrictInt = Field(ge=0)
+    dst: StrictInt = Field(ge=0)
+    both: bool = Field(True, description="also the reverse direction")
+    latency: LatencyConfig | None = Field(None, description="null: the network's")
+    bandwidth: Real | None = Field(
+        None, ge=1, description="bits/s on this link (it still queues on the sender's uplink)"
+    )
+    loss: Real | None = Field(None, ge=0, lt=1, description="null: the network's")
+
+    @model_validator(mode="after")
+    def _two_ends(self) -> LinkConfig:
+        if self.src == self.dst:
+            raise ValueError(f"a link joins two peers, not peer {self.src} to itself")
+        return self
+
+
+class PartitionConfig(BaseModel):
+    """A cut of the network from ``start`` until ``end`` (run seconds): peers in different
+    ``groups`` cannot reach each other; the peers named in no group form one more."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    start: Real = Field(ge=0)
+    end: Real = Field(gt=0, description="when the partition heals")
+    groups: list[list[StrictInt]] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _window_and_groups(self) -> PartitionConfig:
+        if not self.end > self.start:
+            raise ValueError(f"a partition ends after it starts: [{self.start}, {self.end})")
+        seen: set[int] = set()
+        for g in self.groups:
+            if not g:
+                raise ValueError("a partition group names no peer")
+            if min(g) < 0:
+                raise ValueError(f"peer ids are >= 0, got {min(g)}")
+            if seen & set(g):
+                raise ValueError(f"peers {sorted(seen & set(g))} are in two groups")
+            seen |= set(g)
+        return self
+
+
 class NetworkConfig(BaseModel):
     """Per-link network model."""
 
@@ -100,6 +154,32 @@ class NetworkConfig(BaseModel):
         1e8, ge=1, description="uplink bandwidth in bits/s; null for unlimited"
     )
     loss: Real = Field(0.0, ge=0, lt=1, description="probability that a frame is lost")
+    links: list[LinkConfig] = Field(
+        default_factory=list, description="links whose loss, latency or bandwidth differ"
+    )
+    partitions: list[PartitionConfig] = Field(
+        default_factory=list, description="time windows in which groups of peers are cut off"
+    )
+
+    @model_validator(mode="after")
+    def _links_once(self) -> NetworkConfig:
+        seen: set[tuple[int, int]] = set()
+        for link in self.links:
+            pairs = {(link.src, link.dst)} | ({(link.dst, link.src)} if link.both else set())
+            if seen & pairs:
+                raise ValueError(f"link {sorted(seen & pairs)[0]} is set twice in network.links")
+            seen |= pairs
+        return self
+
+    def check_peers(self, participants: int) -> None:
+        """Every peer named must exist (``0..participants-1``, the coordinator included)."""
+        named = [p for link in self.links for p in (link.src, link.dst)]
+        named += [p for part in self.partitions for g in part.groups for p in g]
+        bad = sorted({p for p in named if p >= participants})
+        if bad:
+            raise ValueError(
+                f"network names peers {bad[:8]}, but the run has participants 0..{participants - 1}"
+            )
 
 
 class CostModel:
@@ -140,6 +220,7 @@ class Transmission:
     depart: float  # when the last bit leaves the sender's uplink
     arrive: float  # when the frame reaches the receiver
     lost: bool
+    partitioned: bool = False  # lost because a partition cut the link
 
 
 class NetworkModel:
@@ -149,13 +230,31 @@ class NetworkModel:
         self._cfg = cfg
         self._rngs = [np.random.default_rng(s) for s in seed.spawn(num_peers)]  # per sender
         self._uplink_free = np.zeros(num_peers)
+        self._links: dict[tuple[int, int], LinkConfig] = {}
+        for link in cfg.links:
+            self._links[(link.src, link.dst)] = link
+            if link.both:
+                self._links[(link.dst, link.src)] = link
+        # per partition: peer -> group index (peers in no group: -1, one more group)
+        self._cuts = [
+            (p.start, p.end, {peer: k for k, g in enumerate(p.groups) for peer in g})
+            for p in cfg.partitions
+        ]
 
     @property
     def min_latency(self) -> float:
-        return self._cfg.latency.min
+        """The smallest latency any link can have (the lookahead of parallel windows)."""
+        mins = [link.latency.min for link in self._cfg.links if link.latency is not None]
+        return min([self._cfg.latency.min, *mins])
 
-    def _extra_delay(self, rng: np.random.Generator) -> float:
-        lat = self._cfg.latency
+    def cut(self, src: int, dst: int, t: float) -> bool:
+        """Whether a partition separates ``src`` from ``dst`` at time ``t``."""
+        for start, end, group in self._cuts:
+            if start <= t < end and group.get(src, -1) != group.get(dst, -1):
+                return True
+        return False
+
+    def _extra_delay(self, rng: np.random.Generator, lat: LatencyConfig) -> float:
         if lat.dist == "constant" or lat.scale == 0:
             return 0.0
         if lat.dist == "uniform":
@@ -164,17 +263,26 @@ class NetworkModel:
             return float(rng.exponential(lat.scale))
         return lat.scale * float(rng.lognormal(0.0, 1.0))
 
-    def serialise_time(self, nbytes: int) -> float:
-        """Seconds a frame of ``nbytes`` occupies its sender's uplink."""
-        return 0.0 if self._cfg.bandwidth is None else 8.0 * nbytes / self._cfg.bandwidth
+    def serialise_time(self, nbytes: int, bandwidth: float | None = None) -> float:
+        """Seconds a frame of ``nbytes`` occupies its sender's uplink (at ``bandwidth``, by
+        default the network's)."""
+        bw = self._cfg.bandwidth if bandwidth is None else bandwidth
+        return 0.0 if bw is None else 8.0 * nbytes / bw
 
-    def transmit(self, src: int, nbytes: int, now: float) -> Transmission:
+    def transmit(self, src: int, dst: int, nbytes: int, now: float) -> Transmission:
+        link = self._links.get((src, dst))
+        lat = link.latency if link is not None and link.latency is not None else None
+        lat = lat or self._cfg.latency
+        bandwidth = link.bandwidth if link is not None else None
+        loss = link.loss if link is not None and link.loss is not None else self._cfg.loss
         start = max(now, float(self._uplink_free[src]))
-        depart = start + self.serialise_time(nbytes)
+        depart = start + self.serialise_time(nbytes, bandwidth)
         self._uplink_free[src] = depart
         rng = self._rngs[src]
-        arrive = depart + self._cfg.latency.min + self._extra_delay(rng)
-        lost = self._cfg.loss > 0 and float(rng.random()) < self._cfg.loss
+        arrive = depart + lat.min + self._extra_delay(rng, lat)
+        lost = loss > 0 and float(rng.random()) < loss
+        if self._cuts and self.cut(src, dst, now):
+            return Transmission(depart=depart, arrive=arrive, lost=True, partitioned=True)
         return Transmission(depart=depart, arrive=arrive, lost=lost)
 
     def expected_delay(self, nbytes: int) -> float:

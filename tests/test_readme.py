@@ -107,3 +107,9 @@ def test_readme_secure_robust_block_is_a_valid_config() -> None:
     block = next(b for b in _blocks("yaml") if "bucket_size" in b)
     cfg = config_from_mapping({**yaml.safe_load(block), "topology": {"kind": "ring", "n": 16}})
     assert cfg.security.aggregation == "secagg" and cfg.protocol.robust.bucket_size == 3
+
+
+def test_readme_network_block_is_a_valid_config() -> None:
+    block = next(b for b in _blocks("yaml") if "partitions:" in b)
+    cfg = config_from_mapping({**yaml.safe_load(block), "topology": {"kind": "ring", "n": 16}})
+    assert cfg.network.links[0].both is False and cfg.network.partitions[0].end == 9.0

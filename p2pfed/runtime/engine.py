@@ -140,7 +140,8 @@ class Snapshot:
     train_loss: list[float | None]
 
 
-FRAME_COUNTERS = ("sent", "delivered", "lost", "rejected")
+#: ``partitioned`` counts the ``lost`` frames a network partition cut
+FRAME_COUNTERS = ("sent", "delivered", "lost", "rejected", "partitioned")
 
 
 class PeerEngine:
@@ -420,12 +421,13 @@ class PeerEngine:
     ) -> None:
         """Put one frame (``head + body``) on the wire from ``src`` to ``dst``, ``delay``
         seconds late (a misbehaving sender's choice)."""
-        tx = self.network.transmit(src, size.total, self.now)
+        tx = self.network.transmit(src, dst, size.total, self.now)
         if delay:
             tx = dataclasses.replace(tx, arrive=tx.arrive + delay)
         self.frames["sent"] += 1
         if tx.lost:
             self.frames["lost"] += 1
+            self.frames["partitioned"] += tx.partitioned
             self.observer.frame_lost(self.now, src, dst, kind, size)
             return
         self.observer.frame_sent(self.now, src, dst, kind, size)
