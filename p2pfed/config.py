@@ -37,6 +37,7 @@ from p2pfed.adversary.config import (
     OnPathConfig,
     PoisonerConfig,
 )
+from p2pfed.availability import AvailabilityConfig
 from p2pfed.crypto.config import MIN_GROUP, SecurityConfig
 from p2pfed.data import DataConfig, PartitionConfig
 from p2pfed.errors import ConfigError
@@ -256,6 +257,7 @@ class ExperimentConfig(BaseModel):
     training: TrainingConfig = TrainingConfig()
     time: TimeConfig = TimeConfig()
     network: NetworkConfig = NetworkConfig()
+    availability: AvailabilityConfig = AvailabilityConfig()
     security: SecurityConfig = SecurityConfig()
     dp: DPConfig = DPConfig()
     eval: EvalConfig = EvalConfig()
@@ -319,6 +321,12 @@ class ExperimentConfig(BaseModel):
             if peer >= n:
                 raise ValueError(f"time.slowdown names peer {peer}, but the topology has {n}")
         self.network.check_peers(n + int(self.has_coordinator))
+        churners = self.availability.churn.peers or []
+        if self.availability.kind == "churn" and churners and max(churners) >= n:
+            raise ValueError(
+                f"availability.churn.peers names {max(churners)}, but the peers are 0..{n - 1} "
+                "(a coordinator does not churn)"
+            )
         self._check_robust_under_protection()
         self._check_adversaries()
         return self

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import csv
 import datetime as _dt
 import math
 import time
+import traceback
 import typing
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +39,7 @@ from p2pfed.adversary import AdversaryConfig, FrameLog
 from p2pfed.adversary.active import ActiveRelease, active_candidates, active_seed
 from p2pfed.adversary.config import DATA_BEHAVIOURS, RECONSTRUCTIONS
 from p2pfed.adversary.poisoner import Board, OnPath, Poisoner
+from p2pfed.availability import Availability, read_trace
 from p2pfed.config import (
     DEFAULT_SOURCE,
     ExperimentConfig,
@@ -99,6 +102,7 @@ _STREAMS = (
     "keys",
     "he",
     "adversary",
+    "availability",
 )
 # msgpack envelope and field names around a model vector, for timeout estimates only
 _FRAME_OVERHEAD = 128
@@ -145,6 +149,8 @@ class World:
     pair_publics: dict[int, bytes] | None = None
     #: the keys the HE setup dealt (aggregation he only): each peer takes its own part
     he_keys: HeKeys | None = field(default=None, repr=False)
+    #: when each peer is up (None: always)
+    availability: Availability | None = None
 
     @property
     def num_peers(self) -> int:
@@ -318,7 +324,29 @@ def build_world(config: ExperimentConfig) -> World:
         codec,
         pair_publics,
         he_keys,
+        _availability(config, streams["availability"]),
     )
+
+
+def _availability(config: ExperimentConfig, seed: np.random.SeedSequence) -> Availability | None:
+    """The run's availability model; a trace file is read (and checked) here."""
+    acfg = config.availability
+    if acfg.kind == "always":
+        return None
+    trace = None
+    if acfg.kind == "trace":
+        assert acfg.trace is not None
+        try:
+            trace = read_trace(acfg.trace)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(str(exc), key="availability.trace") from None
+        bad = sorted({s.peer for s in trace if s.peer >= config.num_peers})
+        if bad:
+            raise ConfigError(
+                f"the trace names peers {bad[:8]}, but the run has peers 0..{config.num_peers - 1}",
+                key="availability.trace",
+            )
+    return Availability(acfg, config.num_peers, seed, trace=trace)
 
 
 def _check_robust(config: ExperimentConfig, schedule: TopologySchedule) -> None:
@@ -491,6 +519,7 @@ def build_peers(world: World, ids: Sequence[int], device: str) -> list[PeerSlot]
         with _section("protocol"):
             protocol = _protocol(world, i, _int_seed(protocol_seed))
         slot = PeerSlot(i, protocol, protocol.initial_state(world.params0), trainer)
+        slot.initial = world.params0
         slot.overlay = overlays.get(i)
         peers.append(slot)
     return peers
@@ -888,8 +917,11 @@ def _run(
         summary = _summary(world, runtime, recorder, None, time.perf_counter() - wall0)
         summary["status"] = "failed"
         summary["error"] = f"{type(exc).__name__}: {exc}"
+        summary["failed_at"] = _failed_at(exc, runtime.now)
         summary["timings"] = timings
-        recorder.log.error("run_failed", t=runtime.now, error=summary["error"])
+        recorder.log.error(
+            "run_failed", t=runtime.now, error=summary["error"], where=summary["failed_at"]["where"]
+        )
         raise
     else:
         summary = _summary(world, runtime, recorder, outcome, time.perf_counter() - wall0)
@@ -920,6 +952,25 @@ def _run(
             summary["warnings"] = summary.get("warnings", []) + _attack_warnings(summary)
             recorder.write_summary(summary)
     return Result(run_dir=run_dir, config=cfg, summary=summary)
+
+
+def _failed_at(exc: BaseException, now: float) -> dict[str, Any]:
+    """Where a run failed: its time (virtual or wall run seconds), the innermost frame that
+    raised (``file:line in function``, relative to the package when inside it) and the last
+    frames of the traceback, innermost last."""
+    frames = traceback.extract_tb(exc.__traceback__)
+
+    def name(fr: traceback.FrameSummary) -> str:
+        path = Path(fr.filename)
+        parts = path.parts
+        short = "/".join(parts[parts.index("p2pfed") :]) if "p2pfed" in parts else path.name
+        return f"{short}:{fr.lineno} in {fr.name}"
+
+    return {
+        "t": now,
+        "where": name(frames[-1]) if frames else "unknown",
+        "traceback": [name(fr) for fr in frames[-6:]],
+    }
 
 
 class _Runtime(typing.Protocol):
@@ -976,6 +1027,7 @@ class _InProcess:
             links=link_guard(cfg.security, cfg.seed, w.participants, range(w.participants)),
             interceptors=self.interceptors,
             inbox_taps=self.inbox_taps,
+            availability=w.availability,
         )
         return self.runtime.run()
 
@@ -1184,7 +1236,36 @@ def _summary(
         "privacy": _privacy(cfg, peers, world.shards),
         "diverged_peers": [p.id for p in peers if p.diverged],
         "warnings": _warnings(cfg, reports, counters, recorder.rejected_by_reason),
+        **_availability_record(
+            world, recorder.run_dir, outcome.virtual_time if outcome is not None else runtime.now
+        ),
         **runtime.describe(),
+    }
+
+
+def _availability_record(world: World, run_dir: Path, end: float) -> dict[str, Any]:
+    """Who was down when: ``availability.csv`` (one row per down spell that began before the
+    run ended: peer, down, up, how) and the summary's ``availability`` section (the measured
+    share of peer-time down, spells, crashes and leaves)."""
+    avail = world.availability
+    if avail is None:
+        return {}
+    spells = avail.spells(end)
+    with (run_dir / "availability.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["peer", "down", "up", "how"])
+        for sp in spells:
+            writer.writerow([sp.peer, f"{sp.down:.6f}", f"{sp.up:.6f}", sp.how])
+    return {
+        "availability": {
+            "kind": avail.cfg.kind,
+            "rejoin": avail.cfg.rejoin,
+            "churning_peers": len(avail.churning),
+            "down_fraction": avail.down_fraction(end),
+            "spells": len(spells),
+            "crashes": sum(sp.how == "crash" for sp in spells),
+            "leaves": sum(sp.how == "leave" for sp in spells),
+        }
     }
 
 

@@ -9,6 +9,7 @@
       edges.csv              per directed edge: frames, lost, payload / metadata / crypto bytes
       label_histograms.json  per-peer label counts of the training shards
       summary.json           final accuracy, virtual and wall time, messages, bytes, status
+      availability.csv       with churn or a trace: every down spell (peer, down, up, how)
 
 Metrics are flushed at every tick and the edge table and summary are written even when a
 run fails, so nothing measured so far is lost. The event log never carries parameters,

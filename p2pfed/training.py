@@ -138,6 +138,10 @@ class LocalTrainer:
         self._pos += len(batch)
         return batch
 
+    def forget(self) -> None:
+        """Drop the optimiser's state (momentum buffers): a peer that rejoins from scratch."""
+        self.optimizer.state.clear()
+
     def train(self, params: np.ndarray, epochs: int = 1, steps: int | None = None) -> TrainResult:
         self.flat.set(params)
         if not self.model.training:  # this model is never put in eval mode but by callers

@@ -148,6 +148,12 @@ def test_metrics_survive_a_failing_run(tmp_path: Path) -> None:
         p2pfed.run(small_config(), out=tmp_path, taps=[exploding_tap])
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "failed" and "tap exploded" in summary["error"]
+    at = summary["failed_at"]
+    assert at["t"] > 0 and at["where"].startswith("test_engine.py:")  # the tap raised
+    assert "exploding_tap" in at["where"]
+    assert any(f.startswith("p2pfed/runtime/engine.py:") for f in at["traceback"])
+    events = (tmp_path / "events.jsonl").read_text().splitlines()
+    assert json.loads(events[-1])["event"] == "run_failed"
     assert (tmp_path / "metrics.jsonl").read_text().count('"tick": 0') == 6
     assert (tmp_path / "edges.csv").read_text().count("\n") > 1
 

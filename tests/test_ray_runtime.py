@@ -158,6 +158,25 @@ def test_colluders_share_a_host_and_poison_as_in_process(ray_local: Any, tmp_pat
     assert local.summary["final"] != clean.summary["final"]  # the poisoners did act
 
 
+@pytest.mark.parametrize("kind", ["gossip", "dpsgd"])
+def test_churn_on_four_hosts_is_the_in_process_run(
+    ray_local: Any, tmp_path: Path, kind: str
+) -> None:
+    """Peers go down and come back (leaves notify every host's peers, crashes nobody): the
+    availability events are keyed by the churning peer, so every host orders them alike."""
+    local, on_ray = _pair(
+        tmp_path,
+        f"churn-{kind}",
+        topology={"kind": "random_regular", "n": 10, "degree": 4},
+        protocol={"kind": kind, "rounds": 8, "timeout": 0.2},
+        availability={"kind": "churn", "churn": {"down_fraction": 0.3, "mean_down": 0.3}},
+    )
+    assert local.summary["messages"]["unreachable"] > 0
+    for key in ("final", "rounds_completed", "virtual_time", "availability", "protocol_events"):
+        assert local.summary[key] == on_ray.summary[key], key
+    assert _files(local.run_dir) == _files(on_ray.run_dir)
+
+
 def test_place_keeps_groups_whole_and_hosts_balanced() -> None:
     assert place(6, 4) == [[0, 1], [2, 3], [4], [5]]
     assert place(6, 4, [[0, 5]]) == [[0, 5], [1, 2], [3], [4]]

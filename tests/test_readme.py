@@ -113,3 +113,9 @@ def test_readme_network_block_is_a_valid_config() -> None:
     block = next(b for b in _blocks("yaml") if "partitions:" in b)
     cfg = config_from_mapping({**yaml.safe_load(block), "topology": {"kind": "ring", "n": 16}})
     assert cfg.network.links[0].both is False and cfg.network.partitions[0].end == 9.0
+
+
+def test_readme_availability_block_is_a_valid_config() -> None:
+    block = next(b for b in _blocks("yaml") if "availability:" in b)
+    cfg = config_from_mapping({**yaml.safe_load(block), "topology": {"kind": "ring", "n": 16}})
+    assert cfg.availability.kind == "churn" and cfg.availability.churn.down_fraction == 0.2

@@ -28,7 +28,10 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Started:
-    """The run has started; the peer may begin work."""
+    """The run has started; the peer may begin work. ``rejoin``: the peer is back after
+    being down (:mod:`p2pfed.availability`), with its state or from scratch."""
+
+    rejoin: bool = False
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,14 @@ class PeerDown:
     peer: int
 
 
-Event = Started | TrainingDone | MessageArrived | TimerFired | PeerDown
+@dataclass(frozen=True)
+class PeerUp:
+    """``peer``, reported gone before, is back (it rejoined after leaving)."""
+
+    peer: int
+
+
+Event = Started | TrainingDone | MessageArrived | TimerFired | PeerDown | PeerUp
 
 
 # --- messages: what peers say to each other ---------------------------------------------
@@ -205,6 +215,13 @@ class Protocol(abc.ABC, Generic[S]):
     @abc.abstractmethod
     def on_event(self, state: S, event: Event) -> tuple[S, list[Effect]]:
         """Advance the state machine by one event."""
+
+    def fresh(self, state: S, params: np.ndarray) -> S:
+        """The state of this peer when it rejoins from scratch (:mod:`p2pfed.availability`):
+        the initial model ``params``; by default the whole initial state. Protocols that
+        count their own rounds keep the count, so a peer that keeps coming back still
+        reaches the end of its run."""
+        return self.initial_state(params)
 
     @abc.abstractmethod
     def model(self, state: S) -> np.ndarray:

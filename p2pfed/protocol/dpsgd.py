@@ -21,13 +21,19 @@ dropped and counted.
 ``W^r`` must be doubly stochastic (Metropolis–Hastings weights or a one-peer exponential
 graph); push-sum handles everything else.
 
-A neighbour the runtime reports gone (:class:`PeerDown`, after its host died) is no longer
-sent to or waited for; its weight stays with the peer, exactly like a timeout skip but
-without waiting for one.
+A neighbour the runtime reports gone (:class:`PeerDown`, after its host died or when it
+leaves) is no longer sent to or waited for; its weight stays with the peer, exactly like a
+timeout skip but without waiting for one; :class:`PeerUp` brings it back.
+
+A peer that comes back after being down (``Started`` again, mid-run) restarts its round from
+its model, and catches up: the first share it receives from a later round tells it that its
+neighbours moved on, and it joins that round (``caught_up``) instead of waiting, round after
+round, for shares that were sent while it was away.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -41,6 +47,7 @@ from p2pfed.protocol.core import (
     Message,
     MessageArrived,
     PeerDown,
+    PeerUp,
     Protocol,
     Send,
     SetTimer,
@@ -74,6 +81,7 @@ class DPSGDState:
     stale_dropped: int = 0
     neighbours_skipped: int = 0
     down: set[int] = field(default_factory=set)  # peers the runtime reported gone
+    rejoined: bool = False  # back after being down, not caught up yet
 
 
 class DPSGD(Protocol[DPSGDState]):
@@ -110,6 +118,10 @@ class DPSGD(Protocol[DPSGDState]):
     def initial_state(self, params: np.ndarray) -> DPSGDState:
         return DPSGDState(params=np.array(params, dtype=np.float32))
 
+    def fresh(self, state: DPSGDState, params: np.ndarray) -> DPSGDState:
+        """The initial model, the round count kept (see :meth:`Protocol.fresh`)."""
+        return dataclasses.replace(self.initial_state(params), round=state.round)
+
     def model(self, state: DPSGDState) -> np.ndarray:
         return state.params
 
@@ -118,7 +130,9 @@ class DPSGD(Protocol[DPSGDState]):
 
     def on_event(self, state: DPSGDState, event: Event) -> tuple[DPSGDState, list[Effect]]:
         if isinstance(event, Started):
+            state.rejoined = event.rejoin  # back after being down: catch up when it can
             state.phase = "training"
+            state.half = None
             return state, [self._train(state)]
         if isinstance(event, TrainingDone) and state.phase == "training":
             return self._on_trained(state, event)
@@ -135,6 +149,8 @@ class DPSGD(Protocol[DPSGDState]):
             state.down.add(event.peer)
             if state.phase == "mixing":  # it may have been the last one waited for
                 return self._mix(state, force=False)
+        if isinstance(event, PeerUp):
+            state.down.discard(event.peer)
         return state, []
 
     def _train(self, state: DPSGDState) -> Train:
@@ -165,10 +181,32 @@ class DPSGD(Protocol[DPSGDState]):
         if sender not in self.schedule.at(msg.round).in_neighbours(self.peer):
             state.stale_dropped += 1
             return state, [Emit("unexpected_model_dropped", {"sender": sender})]
+        effects: list[Effect] = []
+        if state.rejoined and msg.round > state.round and msg.round < self.rounds:
+            effects = self._catch_up(state, msg.round)
         state.inbox.setdefault(msg.round, {})[sender] = msg.params
         if state.phase == "mixing" and msg.round == state.round:
-            return self._mix(state, force=False)
-        return state, []
+            state, more = self._mix(state, force=False)
+            return state, effects + more
+        return state, effects
+
+    def _catch_up(self, state: DPSGDState, rnd: int) -> list[Effect]:
+        """A peer back from being down joins round ``rnd`` its neighbours are in: a model
+        it already trained is shared as its round-``rnd`` half step, one in training will
+        be when it is done (module docstring)."""
+        effects: list[Effect] = [Emit("caught_up", {"from": state.round, "to": rnd})]
+        state.round, state.rejoined = rnd, False
+        state.inbox = {r: got for r, got in state.inbox.items() if r >= rnd}
+        if state.phase == "mixing" and state.half is not None:
+            topo = self.schedule.at(rnd)
+            effects += [
+                Send(to=j, message=ModelShare(round=rnd, params=state.half))
+                for j in topo.out_neighbours(self.peer)
+                if j not in state.down
+            ]
+            if self.round_timeout is not None:
+                effects.append(SetTimer(self.round_timeout, "round_timeout", rnd))
+        return effects
 
     def _robust_mix(
         self,

@@ -101,6 +101,7 @@ from p2pfed.protocol.core import (
     Message,
     MessageArrived,
     PeerDown,
+    PeerUp,
     Protocol,
     Send,
     SetTimer,
@@ -543,6 +544,8 @@ class FedAvgCoordinator(Protocol[FedAvgState]):
             state.down.add(event.peer)
             if state.phase == "collecting" and self._all_in(state) and state.inbox:
                 return self._aggregate(state)
+        if isinstance(event, PeerUp):
+            state.down.discard(event.peer)  # sent to, and waited for, from the next round
         return state, []
 
     def _all_in(self, state: FedAvgState) -> bool:
@@ -746,6 +749,9 @@ class _AsyncCoordinator(Protocol[AsyncCoordinatorState]):
             state.finished.add(event.peer)
             if state.phase == "running" and len(state.finished) == self.num_clients:
                 return self._finish(state, [])
+        if isinstance(event, PeerUp) and event.peer in state.down:
+            state.down.discard(event.peer)  # back: it will send again
+            state.finished.discard(event.peer)
         return state, []
 
     def _watchdog(self, state: AsyncCoordinatorState) -> list[Effect]:

@@ -39,6 +39,7 @@ config; so is ClippedGossip's adaptive radius, which on a pool of one clips ever
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -53,6 +54,7 @@ from p2pfed.protocol.core import (
     Message,
     MessageArrived,
     PeerDown,
+    PeerUp,
     Protocol,
     Send,
     SetTimer,
@@ -141,6 +143,10 @@ class AsyncGossip(Protocol[GossipState]):
             params=np.array(params, dtype=np.float64), rng=np.random.default_rng(self.seed)
         )
 
+    def fresh(self, state: GossipState, params: np.ndarray) -> GossipState:
+        """The initial model, the round count kept (see :meth:`Protocol.fresh`)."""
+        return dataclasses.replace(self.initial_state(params), round=state.round)
+
     def model(self, state: GossipState) -> np.ndarray:
         return state.params.astype(np.float32)
 
@@ -171,6 +177,9 @@ class AsyncGossip(Protocol[GossipState]):
                 # no reply will come: the exchange is void (the partner never applied it)
                 state.sent.pop(state.round, None)
                 return self._finish_round(state, [Emit("partner_down", {"gone": event.peer})])
+            return state, []
+        if isinstance(event, PeerUp):
+            state.down.discard(event.peer)
             return state, []
         if (
             isinstance(event, TimerFired)

@@ -29,6 +29,7 @@ with the sender, so the survivors keep all the mass they hold.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -41,6 +42,7 @@ from p2pfed.protocol.core import (
     Message,
     MessageArrived,
     PeerDown,
+    PeerUp,
     Protocol,
     Send,
     Started,
@@ -102,6 +104,10 @@ class PushSum(Protocol[PushSumState]):
     def initial_state(self, params: np.ndarray) -> PushSumState:
         return PushSumState(x=np.array(params, dtype=np.float64))
 
+    def fresh(self, state: PushSumState, params: np.ndarray) -> PushSumState:
+        """The initial model, the round count kept (see :meth:`Protocol.fresh`)."""
+        return dataclasses.replace(self.initial_state(params), round=state.round)
+
     def model(self, state: PushSumState) -> np.ndarray:
         return (state.x / state.w).astype(np.float32)
 
@@ -117,6 +123,9 @@ class PushSum(Protocol[PushSumState]):
             return self._push(state)
         if isinstance(event, PeerDown):
             state.down.add(event.peer)
+            return state, []
+        if isinstance(event, PeerUp):
+            state.down.discard(event.peer)
             return state, []
         if isinstance(event, MessageArrived) and isinstance(event.message, PushSumShare):
             state.x += event.message.x

@@ -45,6 +45,12 @@ class PeerSlot:
     counters: dict[str, int] = field(default_factory=dict)
     #: a misbehaving peer's overlay on what it sends (p2pfed.adversary.poisoner)
     overlay: Overlay | None = None
+    #: availability (p2pfed.availability): whether the peer is up, how many times it went
+    #: down (events of an earlier incarnation are void), and the initial model a peer that
+    #: rejoins from scratch starts again from
+    up: bool = True
+    incarnation: int = 0
+    initial: np.ndarray | None = field(default=None, repr=False)
 
 
 class Overlay(Protocol):

@@ -65,6 +65,17 @@ after opening its seal, with the time it was handled. A curious peer or coordina
 endpoint of its links, so its view of a run is the inbox frames with it at either end
 (:mod:`p2pfed.adversary`); an eavesdropper's is the ``taps``' sealed bytes.
 
+Availability. With an :class:`~p2pfed.availability.Availability` the engine takes its local
+peers down and up at the times it gives (:mod:`p2pfed.availability`). A peer going down gets
+a new *incarnation*: its timers and the training in flight, scheduled by the old one, are
+discarded, and frames that reach it while it is down are counted ``unreachable`` (a subset
+of ``lost``). A ``leave`` tells every local peer :class:`PeerDown`, and :class:`PeerUp` when
+the peer is back; a ``crash`` tells nobody. A returning peer keeps its protocol state, or
+gets the initial state back (``rejoin: scratch``, its optimiser's momentum forgotten), and
+its protocol receives ``Started`` again. A peer that goes down for good counts as done.
+These events are keyed by the churning peer and a negative sequence number derived from its
+spell, so every host orders them alike.
+
 Evaluation and termination are the driver's business (:mod:`p2pfed.runtime.virtual` under
 virtual time, the Ray runtime's wall loop under wall time).
 """
@@ -80,6 +91,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from p2pfed.availability import Availability, Spell
 from p2pfed.crypto.channel import SealError
 from p2pfed.crypto.links import LinkGuard
 from p2pfed.errors import FrameError, ProtocolError
@@ -91,6 +103,7 @@ from p2pfed.protocol.core import (
     Event,
     MessageArrived,
     PeerDown,
+    PeerUp,
     Send,
     SetTimer,
     Started,
@@ -109,7 +122,18 @@ from p2pfed.runtime.base import (
 )
 from p2pfed.timing import CostModel, NetworkModel
 
-_EVENT, _FRAME = 0, 1
+_EVENT, _FRAME, _AVAIL = 0, 1, 2
+
+
+class _Turn(NamedTuple):
+    """An availability event: peer ``spell.peer`` goes down (``up`` False) or comes back, or
+    (``notice``) a local peer is told so."""
+
+    spell: Spell
+    k: int  # the spell's place among the peer's spells
+    up: bool
+    notice: bool = False
+    advance: bool = False  # a remote peer's spell is over: queue its next one here
 
 
 class OutFrame(NamedTuple):
@@ -140,8 +164,9 @@ class Snapshot:
     train_loss: list[float | None]
 
 
-#: ``partitioned`` counts the ``lost`` frames a network partition cut
-FRAME_COUNTERS = ("sent", "delivered", "lost", "rejected", "partitioned")
+#: ``partitioned`` counts the ``lost`` frames a network partition cut, ``unreachable`` those
+#: that reached a peer while it was down
+FRAME_COUNTERS = ("sent", "delivered", "lost", "rejected", "partitioned", "unreachable")
 
 
 class PeerEngine:
@@ -161,10 +186,12 @@ class PeerEngine:
         links: LinkGuard | None = None,
         interceptors: Sequence[Interceptor] = (),
         inbox_taps: Sequence[Tap] = (),
+        availability: Availability | None = None,
     ):
         """``links`` seals every frame of the local peers (it must hold all of them);
         ``interceptors`` act on every frame sent; ``inbox_taps`` see every frame a local
-        peer accepted, opened (see the module docstring)."""
+        peer accepted, opened; ``availability`` takes peers down and up (see the module
+        docstring)."""
         self.peers: dict[int, PeerSlot] = {p.id: p for p in peers}
         if len(self.peers) != len(peers):
             raise ValueError("peer ids must be unique")
@@ -183,10 +210,14 @@ class PeerEngine:
         self.links = links
         self.interceptors = list(interceptors)
         self.inbox_taps = list(inbox_taps)
+        self.availability = availability
         self.now = 0.0  # time of the last event delivered
+        self.last_work = 0.0  # ... of the last one that reached a peer (not churn bookkeeping)
         self.events = 0  # events delivered (discarded ones not counted)
         self.completed = 0  # local rounds completed by all local peers
         self.done = 0  # local peers that have stopped
+        self.down = 0  # local peers down now (and not done)
+        self._avail_queued = 0  # availability events on the heap
         self.frames = dict.fromkeys(FRAME_COUNTERS, 0)
         self.outbox: list[OutFrame] = []
         self._heap: list[tuple[float, int, int, int, int, Any]] = []
@@ -201,14 +232,51 @@ class PeerEngine:
     def _push(self, t: float, target: int, origin: int, kind: int, payload: Any) -> None:
         seq = self._seq[origin]
         self._seq[origin] = seq + 1
+        if kind == _EVENT:  # a peer's own event belongs to its current incarnation
+            payload = (self.peers[target].incarnation, payload)
         heapq.heappush(self._heap, (t, target, origin, seq, kind, payload))
         if kind == _FRAME:
             self._frames_queued += 1
 
     def start(self) -> None:
-        """Schedule ``Started`` for every local peer at time 0."""
+        """Schedule ``Started`` for every local peer at time 0, and the first down spell of
+        every churning peer (its own turns, or notices to the local peers)."""
         for i in sorted(self.peers):
             self._push(0.0, i, i, _EVENT, Started())
+        if self.availability is not None:
+            for j in self.availability.churning:
+                self._schedule_spell(j, 0)
+
+    def _push_turn(self, t: float, target: int, origin: int, seq: int, turn: _Turn) -> None:
+        heapq.heappush(self._heap, (t, target, origin, seq, _AVAIL, turn))
+        self._avail_queued += 1
+
+    def _schedule_spell(self, peer: int, index: int) -> None:
+        """Queue spell ``index`` of ``peer``: its going down and coming back if it is local,
+        and the notices of a ``leave`` to every local peer."""
+        assert self.availability is not None
+        if self.done >= len(self.peers):
+            return  # every local peer has finished: nobody here cares any more
+        spell = self.availability.spell(peer, index)
+        if spell is None:
+            return
+        # negative sequence numbers: never equal to a peer's own (>= 0), the same on every host
+        seq = -5 * (index + 1)
+        finite = math.isfinite(spell.up)
+        if peer not in self.peers and self.peers and finite:
+            marker = _Turn(spell, index, True, notice=True, advance=True)
+            self._push_turn(spell.up, min(self.peers), peer, seq + 4, marker)
+        if peer in self.peers:
+            self._push_turn(spell.down, peer, peer, seq, _Turn(spell, index, False))
+            if finite:
+                self._push_turn(spell.up, peer, peer, seq + 1, _Turn(spell, index, True))
+        if spell.how == "leave":
+            for i in sorted(self.peers):
+                if i == peer:
+                    continue
+                self._push_turn(spell.down, i, peer, seq + 2, _Turn(spell, index, False, True))
+                if finite:
+                    self._push_turn(spell.up, i, peer, seq + 3, _Turn(spell, index, True, True))
 
     def peers_down(self, ids: Iterable[int], t: float) -> None:
         """Tell every local peer still running, at time ``t``, that peers ``ids`` are gone."""
@@ -248,6 +316,14 @@ class PeerEngine:
         return len(self._heap)
 
     @property
+    def settled(self) -> int:
+        """Local peers with nothing left to do: the done ones, and the down ones when no
+        event but availability ones is pending here (a run may end without waiting for a
+        down peer to come back: it keeps the state it had)."""
+        own = len(self._heap) - self._avail_queued - self._frames_queued
+        return self.done + (self.down if own == 0 else 0)
+
+    @property
     def frames_pending(self) -> int:
         """Frames waiting on this engine's heap."""
         return self._frames_queued
@@ -282,14 +358,70 @@ class PeerEngine:
             peer = self.peers[target]
             if kind == _FRAME:
                 self._frames_queued -= 1
-                self.now = t if self.clock is None else max(t, self.clock())
+                self.now = self.last_work = t if self.clock is None else max(t, self.clock())
                 self.events += 1
-                self._on_frame(peer, payload)
-            elif not peer.done or _work_in_progress(payload):
+                if peer.up:
+                    self._on_frame(peer, payload)
+                else:  # nobody there to receive it
+                    self.frames["lost"] += 1
+                    self.frames["unreachable"] += 1
+                continue
+            if kind == _AVAIL:
+                self._avail_queued -= 1
                 self.now = t if self.clock is None else max(t, self.clock())
+                if self._turn(peer, payload):  # it reached a protocol: it counts as work
+                    self.last_work = self.now
+                    self.events += 1
+                continue
+            incarnation, event = payload
+            if incarnation != peer.incarnation or not peer.up:
+                continue  # scheduled before the peer went down: lost with it
+            if not peer.done or _work_in_progress(event):
+                self.now = self.last_work = t if self.clock is None else max(t, self.clock())
                 self.events += 1
-                self._deliver(peer, payload)
+                self._deliver(peer, event)
         return self.events - before
+
+    def _turn(self, peer: PeerSlot, turn: _Turn) -> bool:
+        """An availability event for local ``peer`` (see the module docstring); whether it
+        reached the peer's protocol (markers and the turns of finished peers do not, and do
+        not count as events: they differ with the split of peers over hosts)."""
+        spell = turn.spell
+        if turn.advance:
+            self._schedule_spell(spell.peer, turn.k + 1)
+            return False
+        if turn.notice:
+            if not peer.done and peer.up:
+                self._deliver(peer, PeerUp(spell.peer) if turn.up else PeerDown(spell.peer))
+                return True
+            return False
+        if not turn.up:
+            peer.up = False
+            self.down += not peer.done
+            peer.incarnation += 1
+            peer.training = False  # the training in flight is lost with the peer
+            fields: dict[str, Any] = {"how": spell.how, "until": spell.up}
+            self.observer.peer_event(self.now, peer.id, "peer_went_down", fields)
+            if not math.isfinite(spell.up) and not peer.done:
+                peer.done = True  # gone for good: nothing more to wait for
+                self.done += 1
+                self.down -= 1
+            return False
+        if not peer.done:
+            self.down -= 1
+        peer.up = True
+        self.observer.peer_event(self.now, peer.id, "peer_came_up", {"how": spell.how})
+        # a finished peer still churns: its leaves are news to neighbours still running
+        self._schedule_spell(peer.id, turn.k + 1)
+        if peer.done:
+            return False
+        assert self.availability is not None
+        if self.availability.cfg.rejoin == "scratch" and peer.initial is not None:
+            peer.state = peer.protocol.fresh(peer.state, peer.initial)
+            if peer.trainer is not None:
+                peer.trainer.forget()
+        self._deliver(peer, Started(rejoin=True))
+        return True
 
     # --- delivering events and executing effects -------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from p2pfed.availability import Availability
 from p2pfed.crypto.links import LinkGuard
 from p2pfed.protocol.codec import Codec
 from p2pfed.runtime.base import (
@@ -43,8 +44,9 @@ class _OneHost:
             done=e.done,
             completed=e.completed,
             events=e.events,
-            now=e.now,
+            now=e.last_work,
             frames=dict(e.frames),
+            settled=e.settled,
         )
 
     def start(self) -> HostsState:
@@ -84,6 +86,7 @@ class LocalRuntime:
         links: LinkGuard | None = None,
         interceptors: Sequence[Interceptor] = (),
         inbox_taps: Sequence[Tap] = (),
+        availability: Availability | None = None,
     ):
         if [p.id for p in peers] != list(range(len(peers))):
             raise ValueError("peers must be numbered 0..n-1 in order")
@@ -102,6 +105,7 @@ class LocalRuntime:
             links=links,
             interceptors=interceptors,
             inbox_taps=inbox_taps,
+            availability=availability,
         )
         self.evaluation = Evaluation(
             evaluator, len(peers) if evaluated is None else evaluated, self.observer

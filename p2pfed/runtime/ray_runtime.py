@@ -216,6 +216,7 @@ class PeerHost:
             links=link_guard(world.config.security, world.config.seed, world.participants, ids),
             interceptors=interceptors,  # this host's own copies
             inbox_taps=[self.recorder.inbox] if keep_inbox else [],
+            availability=copy.deepcopy(world.availability),  # it grows its spells lazily
         )
         params = [p.trainer.model for p in peers if p.trainer is not None]
         return {
@@ -252,9 +253,10 @@ class PeerHost:
             "pending": engine.pending,
             "frames_pending": engine.frames_pending,
             "done": engine.done,
+            "settled": engine.settled,
             "completed": engine.completed,
             "events": engine.events,
-            "now": engine.now,
+            "now": engine.last_work,
             "frames": dict(engine.frames),
             "out": [(len(b), min((f.arrive for f in b), default=math.inf)) for b in by_host],
             "records": self.recorder.drain(),
@@ -400,6 +402,7 @@ class PeerHost:
                 "pending": engine.pending + len(self._inbox),
                 "frames_pending": engine.frames_pending,
                 "done": engine.done,
+                "settled": engine.settled,
                 "completed": engine.completed,
                 "events": engine.events,
                 "now": engine.now,
@@ -994,6 +997,7 @@ class _Driver:
             events=sum(r["events"] for r in reports),
             now=now,
             frames=frame_totals(r["frames"] for r in reports),
+            settled=sum(r["settled"] for r in alive) + dead_peers,
         )
 
     def _replay(self, records: list[tuple[str, tuple[Any, ...]]]) -> None:
@@ -1154,7 +1158,7 @@ class _WallDriver:
     def _done(self) -> int:
         dead = sum(len(h.peers) for h in self.rt.hosts if not h.alive)
         return dead + sum(
-            self.status[h.index]["done"] for h in self._alive() if h.index in self.status
+            self.status[h.index]["settled"] for h in self._alive() if h.index in self.status
         )
 
     def run(self) -> RunOutcome:

@@ -66,6 +66,7 @@ class HostsState:
     events: int  # events delivered so far
     now: float  # time of the latest event delivered
     frames: dict[str, int]  # sent / delivered / lost / rejected so far
+    settled: int = -1  # participants done, or down with nothing left to do (-1: = done)
 
 
 class Hosts(Protocol):
@@ -151,6 +152,11 @@ def run_virtual(
     tick = eval_interval
     status, cut = "completed", False
     while True:
+        # the peers still running are all down, with nothing of theirs pending and nothing
+        # on the wire (churn): the run ends without waiting for them to come back
+        settled = state.done if state.settled < 0 else state.settled
+        if settled >= participants and not state.frames_pending:
+            break
         if state.done >= participants:
             if state.frames_pending == 0:
                 break
