@@ -72,7 +72,7 @@ def test_bad_availability_settings_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="needs trace"):
         AvailabilityConfig(kind="trace")
     bad = {"kind": "churn", "churn": {"peers": [9]}}
-    with pytest.raises(ConfigError, match="churn.peers names 9"):
+    with pytest.raises(ConfigError, match=r"churn\.peers names 9"):
         config_from_mapping(small_config(availability=bad))
     trace = tmp_path / "up.csv"
     trace.write_text("peer,start,end\n8,0,1\n")
