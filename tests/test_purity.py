@@ -24,12 +24,13 @@ PURE = [
     "poison",
     "robust",
     "timing.py",
+    "availability.py",
     "training.py",
     "errors.py",
 ]
 FORBIDDEN = {"ray", "time", "datetime", "random"}
 # sans-IO protocols hold numpy vectors only; torch belongs to the trainer
-NO_TORCH = ["protocol", "topology", "timing.py", "robust", "poison"]
+NO_TORCH = ["protocol", "topology", "timing.py", "availability.py", "robust", "poison"]
 
 
 def _files(names: list[str]) -> list[Path]:
