@@ -193,6 +193,14 @@ class Busy:
         return key in self.held
 
 
+def robust_events(agg: Any, rnd: int) -> list[Emit]:
+    """What a robust rule did to one pool (:class:`~p2pfed.robust.Aggregate`): a
+    ``robust_rejected`` and a ``robust_clipped`` event for round ``rnd``, each when non-zero,
+    with the ``count`` the run's counters add up."""
+    counts = (("robust_rejected", agg.rejected), ("robust_clipped", agg.clipped))
+    return [Emit(name, {"round": rnd, "count": n}) for name, n in counts if n]
+
+
 # --- the protocol interface ---------------------------------------------------------------
 
 S = TypeVar("S")

@@ -56,6 +56,7 @@ from p2pfed.protocol.core import (
     TimerFired,
     Train,
     TrainingDone,
+    robust_events,
 )
 from p2pfed.robust import RobustConfig, RobustError, aggregate
 from p2pfed.topology import Topology, TopologySchedule
@@ -241,9 +242,7 @@ class DPSGD(Protocol[DPSGDState]):
         except RobustError as exc:  # the pool shrank below what the rule needs (timeouts)
             effects.append(Emit("robust_skipped", {"round": state.round, "reason": str(exc)}))
             return state.half.astype(np.float64)
-        for name, count in (("robust_rejected", agg.rejected), ("robust_clipped", agg.clipped)):
-            if count:
-                effects.append(Emit(name, {"round": state.round, "count": count}))
+        effects += robust_events(agg, state.round)
         return agg.value
 
     def _mix(self, state: DPSGDState, *, force: bool) -> tuple[DPSGDState, list[Effect]]:

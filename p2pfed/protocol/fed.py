@@ -110,6 +110,7 @@ from p2pfed.protocol.core import (
     TimerFired,
     Train,
     TrainingDone,
+    robust_events,
 )
 from p2pfed.robust import RobustConfig, RobustError, aggregate, buckets
 
@@ -658,9 +659,7 @@ def _robust_mean(
     except RobustError as exc:  # too few clients for the rule: the round keeps the model
         effects.append(Emit("robust_skipped", {"round": state.round, "reason": str(exc)}))
         return state.params.astype(np.float64)
-    for name, count in (("robust_rejected", agg.rejected), ("robust_clipped", agg.clipped)):
-        if count:
-            effects.append(Emit(name, {"round": state.round, "count": count}))
+    effects += robust_events(agg, state.round)
     return agg.value
 
 

@@ -63,6 +63,7 @@ from p2pfed.protocol.core import (
     TimerFired,
     Train,
     TrainingDone,
+    robust_events,
 )
 from p2pfed.robust import RobustConfig, RobustError, aggregate
 from p2pfed.topology import TopologySchedule
@@ -247,9 +248,7 @@ class AsyncGossip(Protocol[GossipState]):
         except RobustError as exc:  # a non-finite own model: nothing to mix into
             effects.append(Emit("robust_skipped", {"round": state.round, "reason": str(exc)}))
             return np.zeros_like(own)
-        for name, count in (("robust_rejected", agg.rejected), ("robust_clipped", agg.clipped)):
-            if count:
-                effects.append(Emit(name, {"round": state.round, "count": count}))
+        effects += robust_events(agg, state.round)
         return agg.value - own
 
     def _finish_round(

@@ -96,6 +96,7 @@ from p2pfed.protocol.core import (
     TimerFired,
     Train,
     TrainingDone,
+    robust_events,
 )
 from p2pfed.protocol.fed import GlobalModel
 from p2pfed.robust import RobustConfig, RobustError, aggregate, buckets
@@ -1066,9 +1067,7 @@ class SecureFedAvg(Protocol[SecureFedAvgState]):
         except RobustError as exc:
             effects.append(Emit("robust_skipped", {"round": state.round, "reason": str(exc)}))
             return None
-        for name, count in (("robust_rejected", agg.rejected), ("robust_clipped", agg.clipped)):
-            if count:
-                effects.append(Emit(name, {"round": state.round, "count": count}))
+        effects += robust_events(agg, state.round)
         return agg.value
 
     # -- client ----------------------------------------------------------------------------
