@@ -321,6 +321,19 @@ class ExperimentConfig(BaseModel):
             if peer >= n:
                 raise ValueError(f"time.slowdown names peer {peer}, but the topology has {n}")
         self.network.check_peers(n + int(self.has_coordinator))
+        if (
+            self.availability.kind != "always"
+            and self.has_coordinator
+            and not self.security.secure_aggregation
+            and self.time.limit is None
+        ):
+            raise ValueError(
+                f"availability {self.availability.kind} with protocol.kind "
+                f"{self.protocol.kind}: a client down when a round's model goes out misses it, "
+                "and the coordinator can wait for it for ever while peers keep coming and "
+                "going; set time.limit to bound the run (secure fedavg and the gossip "
+                "protocols move on by themselves)"
+            )
         churners = self.availability.churn.peers or []
         if self.availability.kind == "churn" and churners and max(churners) >= n:
             raise ValueError(

@@ -4,6 +4,7 @@ the engine does with a peer that is down, and what churn costs the protocols."""
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,10 @@ def test_bad_availability_settings_are_refused(tmp_path: Path) -> None:
     bad = {"kind": "churn", "churn": {"peers": [9]}}
     with pytest.raises(ConfigError, match=r"churn\.peers names 9"):
         config_from_mapping(small_config(availability=bad))
+    fed = small_config(availability=CHURN, protocol={"kind": "fedavg", "rounds": 2})
+    with pytest.raises(ConfigError, match=r"set time\.limit"):
+        config_from_mapping(fed)
+    config_from_mapping({**fed, "time": {"limit": 100.0}})
     trace = tmp_path / "up.csv"
     trace.write_text("peer,start,end\n8,0,1\n")
     cfg = small_config(availability={"kind": "trace", "trace": str(trace)})
@@ -153,3 +158,31 @@ def test_dpsgd_under_churn_keeps_going_and_catches_up(tmp_path: Path) -> None:
     assert s["status"] == "completed"
     assert s["protocol_events"]["caught_up"] > 50
     assert s["final"]["mean_acc"] >= 0.85
+
+
+def test_secure_fedavg_under_churn_recovers_dropouts(tmp_path: Path) -> None:
+    """secagg FedAvg, 10 clients, 20 % down at any time: rounds go through with the clients
+    that stayed (7 to 9 of 10 here: the dropouts' masks are recovered from Shamir shares),
+    and a round below the threshold (7) aborts and keeps the model; measured: 10 of 30
+    rounds aggregated. Clients that were down when a round's model went out miss that
+    round altogether, which is why so many abort."""
+    cfg = small_config(
+        topology={"kind": "ring", "n": 10},
+        protocol={"kind": "fedavg", "rounds": 30},
+        model={"kind": "mlp", "hidden": [32]},
+        training={"lr": 0.1, "batch_size": 32, "local_steps": 5},
+        availability=CHURN,
+    )
+    cfg["security"] = {"aggregation": "secagg"}
+    res = run(cfg, out=tmp_path / "secagg")
+    s = res.summary
+    assert s["status"] == "completed" and s["messages"]["unreachable"] > 0
+    events = [
+        json.loads(line)
+        for line in (res.run_dir / "events.jsonl").read_text().splitlines()
+        if '"round_aggregated"' in line
+    ]
+    survivors = {e["clients"] for e in events}
+    assert events and max(survivors) <= 10 and min(survivors) < 10  # dropouts recovered
+    aggregated = s["protocol_events"]["round_aggregated"]
+    assert aggregated + s["protocol_events"].get("secure_round_aborted", 0) == 30
