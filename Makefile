@@ -30,8 +30,8 @@ test: $(STAMP)
 	$(BIN)/ruff check p2pfed tests scripts
 	$(BIN)/ruff format --check p2pfed tests scripts
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q -m "not ray" -n 2 --dist loadfile
-	$(BIN)/python -m pytest -q -m ray
+	$(BIN)/python -m pytest -q -m "not ray and not serial" -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -m "ray or serial"
 
 lint: $(STAMP)
 	$(BIN)/ruff check p2pfed tests scripts
