@@ -4,6 +4,7 @@
 
     p2pfed run [CONFIG] [--set path.to.key=value ...] [--out DIR] [--progress MODE]
                [--address auto|HOST:PORT] [--overwrite]
+    p2pfed run --resume RUN_DIR [--progress MODE]
     p2pfed topology show FILE [--png PATH] [--seed N]
 
 Exit codes: 0 success; 1 the run failed; 2 bad input (config, topology file, overrides) —
@@ -49,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="replace a run already in the run directory"
     )
     run.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="go on with the interrupted run in RUN_DIR from its last checkpoint (its own "
+        "config.yaml; takes no CONFIG, --set, --out or --address)",
+    )
+    run.add_argument(
         "--address",
         metavar="auto|HOST:PORT",
         help="run the peers on a Ray cluster: 'auto' joins the cluster this machine belongs "
@@ -87,18 +94,37 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from p2pfed.experiment import run
+    from p2pfed.experiment import resume, run
 
-    overrides = list(args.overrides)
-    if args.address is not None:
-        overrides += ["runtime.kind=ray", f"runtime.address={args.address}"]
-    result = run(
-        args.config,
-        out=args.out,
-        overrides=overrides,
-        progress=args.progress,
-        overwrite=args.overwrite,
-    )
+    if args.resume is not None:
+        given = [
+            flag
+            for flag, value in (
+                ("CONFIG", args.config),
+                ("--set", args.overrides),
+                ("--out", args.out),
+                ("--address", args.address),
+                ("--overwrite", args.overwrite),
+            )
+            if value
+        ]
+        if given:
+            raise ConfigError(
+                f"--resume continues a run with its own config: drop {', '.join(given)}",
+                source="--resume",
+            )
+        result = resume(args.resume, progress=args.progress)
+    else:
+        overrides = list(args.overrides)
+        if args.address is not None:
+            overrides += ["runtime.kind=ray", f"runtime.address={args.address}"]
+        result = run(
+            args.config,
+            out=args.out,
+            overrides=overrides,
+            progress=args.progress,
+            overwrite=args.overwrite,
+        )
     s = result.summary
     final = s["final"]
     print(f"run directory : {result.run_dir}")

@@ -149,6 +149,26 @@ class OutputConfig(BaseModel):
     progress: Literal["auto", "bar", "plain", "off"] = "auto"
 
 
+class CheckpointConfig(BaseModel):
+    """How often a run writes its live state out, so that ``p2pfed run --resume RUN_DIR``
+    can go on after the process was killed (see :mod:`p2pfed.checkpoint`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    every: StrictInt = Field(
+        10,
+        ge=0,
+        description="virtual time: write RUN_DIR/checkpoint.pt after every this many "
+        "evaluation ticks (0: never); a resumed run ends exactly as an uninterrupted one",
+    )
+    wall_interval: Real = Field(
+        5.0,
+        gt=0,
+        description="wall time with runtime.on_host_failure restart: seconds between the "
+        "checkpoints every PeerHost sends the driver (a crashed host restarts from its last)",
+    )
+
+
 class RuntimeConfig(BaseModel):
     """Where and how peers execute: all in this process (``local``) or spread over Ray
     ``PeerHost`` actors on this machine or a cluster (``ray``)."""
@@ -188,10 +208,11 @@ class RuntimeConfig(BaseModel):
         description="ray only: GPUs reserved per PeerHost (fractional shares a GPU); > 0 "
         "trains that host's peers on cuda",
     )
-    on_host_failure: Literal["continue", "stop"] | None = Field(
+    on_host_failure: Literal["continue", "stop", "restart"] | None = Field(
         None,
-        description="ray only: when a PeerHost dies, continue without its peers or stop with "
-        "an error; null: stop for protocols with a coordinator, continue otherwise",
+        description="ray only: when a PeerHost dies, continue without its peers, stop with "
+        "an error, or (wall time) restart it from its last checkpoint and let its peers "
+        "rejoin; null: stop for protocols with a coordinator, continue otherwise",
     )
     coordinator_host: Literal["own", "shared"] = Field(
         "own",
@@ -263,6 +284,7 @@ class ExperimentConfig(BaseModel):
     eval: EvalConfig = EvalConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     output: OutputConfig = OutputConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
     adversaries: list[
         Annotated[AdversaryConfig | PoisonerConfig | OnPathConfig, Field(discriminator="role")]
     ] = Field(default_factory=list, description="who watches or attacks the run (p2pfed.adversary)")
@@ -340,9 +362,39 @@ class ExperimentConfig(BaseModel):
                 f"availability.churn.peers names {max(churners)}, but the peers are 0..{n - 1} "
                 "(a coordinator does not churn)"
             )
+        if rt.on_host_failure == "restart":
+            self._check_restart()
         self._check_robust_under_protection()
         self._check_adversaries()
         return self
+
+    def _check_restart(self) -> None:
+        """A restarted host goes back to its checkpoint and replays its peers' random streams
+        into a different future: anything those streams keep secret would be used twice."""
+        if self.time.mode != "wall":
+            raise ValueError(
+                "runtime.on_host_failure restart needs time.mode wall (a virtual-time run "
+                "resumes whole: p2pfed run --resume RUN_DIR)"
+            )
+        sec = self.security
+        reused = [
+            what
+            for what, on in (
+                ("AES-GCM nonces (security.channel aead)", sec.channel == "aead"),
+                (
+                    f"masks and shares (security.aggregation {sec.aggregation})",
+                    sec.aggregation != "plain",
+                ),
+                ("DP noise (dp.clip)", self.dp.clip is not None),
+            )
+            if on
+        ]
+        if reused:
+            raise ValueError(
+                "runtime.on_host_failure restart replays a host's random streams from its "
+                f"checkpoint, which would reuse {' and '.join(reused)} on different updates; "
+                "use continue or stop with these protections"
+            )
 
     def _check_robust_under_protection(self) -> None:
         """Which robust rules can run where the aggregator holds sums only

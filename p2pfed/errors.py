@@ -57,3 +57,9 @@ class FrameError(P2PFedError):
 class RuntimeFailure(P2PFedError):
     """The runtime could not complete a run (e.g. the virtual-time limit was reached
     before every peer finished, or no event is left while peers still wait)."""
+
+
+class CheckpointError(P2PFedError):
+    """A checkpoint cannot be written (some live state does not pickle) or read (missing,
+    truncated, another format, or a reference to an object the resuming run lacks), or a
+    run directory cannot be resumed (finished already, or its config changed)."""

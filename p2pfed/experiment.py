@@ -23,6 +23,7 @@ import contextlib
 import copy
 import csv
 import datetime as _dt
+import json
 import math
 import time
 import traceback
@@ -35,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from p2pfed import checkpoint
 from p2pfed.adversary import AdversaryConfig, FrameLog
 from p2pfed.adversary.active import ActiveRelease, active_candidates, active_seed
 from p2pfed.adversary.config import DATA_BEHAVIOURS, RECONSTRUCTIONS
@@ -51,7 +53,14 @@ from p2pfed.crypto.fixedpoint import FixedPoint
 from p2pfed.crypto.links import link_guard
 from p2pfed.crypto.secagg import pair_key_directory, pair_keys, pair_seed
 from p2pfed.data import Dataset, label_histograms, load_dataset, partition
-from p2pfed.errors import ConfigError, DataError, ModelError, ProtocolError, TopologyError
+from p2pfed.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    ModelError,
+    ProtocolError,
+    TopologyError,
+)
 from p2pfed.models import build_model, get_flat
 from p2pfed.models.flat import model_at
 from p2pfed.poison.data import flip_labels, poison_dataset, triggered_test_set
@@ -852,6 +861,108 @@ def run(
         torch.set_num_threads(threads)
 
 
+#: the latest checkpoint of a run, in its run directory
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def resume(
+    run_dir: str | Path,
+    *,
+    taps: Sequence[Tap] = (),
+    progress: str | None = None,
+    interceptors: Sequence[Interceptor] = (),
+) -> Result:
+    """Go on with the interrupted run in ``run_dir`` (``p2pfed run --resume RUN_DIR``).
+
+    The run is rebuilt from the directory's resolved ``config.yaml`` and continues from its
+    last checkpoint (``checkpoint.every``): the logs are cut back to where the checkpoint
+    was taken and written on from there, so a run resumed under virtual time ends with
+    exactly the metrics an uninterrupted one would have. A run killed before its first
+    checkpoint starts again from the beginning. Taps and interceptors given to the
+    original :func:`run` must be given again (they are not part of a checkpoint). A run that
+    finished, and a checkpoint written under another config, are refused with a
+    :class:`~p2pfed.errors.CheckpointError`.
+    """
+    path = Path(run_dir)
+    config_path = path / "config.yaml"
+    if not config_path.is_file():
+        raise CheckpointError(f"{path} holds no run to resume (no config.yaml)")
+    summary_path = path / "summary.json"
+    if summary_path.is_file():
+        try:
+            status = json.loads(summary_path.read_text()).get("status")
+        except (OSError, ValueError, AttributeError):
+            status = None
+        if status in ("completed", "time_limit"):
+            raise CheckpointError(f"the run in {path} finished already (status {status})")
+    cfg = load_config(config_path)
+    ckpt = path / CHECKPOINT_FILE
+    state = checkpoint.loads(checkpoint.read(ckpt)) if ckpt.is_file() else None
+    if state is not None and state["config"] != cfg.to_yaml():
+        raise CheckpointError(
+            f"{config_path} changed since the checkpoint was written; resume needs the config "
+            "the run started with"
+        )
+    wall0 = time.perf_counter()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.runtime.torch_threads)
+    try:
+        return _run(
+            cfg, str(config_path), path, taps, progress, wall0, True, interceptors, resume=state
+        )
+    finally:
+        torch.set_num_threads(threads)
+
+
+class _Checkpoints:
+    """Writes the run's checkpoint after every ``every``-th evaluation tick (virtual time).
+
+    A checkpoint is two layers: an outer record (config text, next tick, the recorder's
+    counters and log offsets — what resuming needs before anything is rebuilt) around the
+    runtime's own state, pickled with the run's externals as references (see
+    :mod:`p2pfed.checkpoint`)."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        every: int,
+        recorder: RunRecorder,
+        externals: Mapping[str, Any],
+        extra: Mapping[str, Any],
+        config_yaml: str,
+    ):
+        self.path = run_dir / CHECKPOINT_FILE
+        self.every = every
+        self.recorder = recorder
+        self.externals = dict(externals)
+        self.extra = dict(extra)
+        self.config_yaml = config_yaml
+        self.written = 0
+
+    def due(self, evaluations: int) -> bool:
+        """After ``evaluations`` ticks (the one at time 0 included)?"""
+        return self.every > 0 and evaluations > 1 and (evaluations - 1) % self.every == 0
+
+    def save(self, runtime_state: Mapping[str, Any], next_tick: float) -> None:
+        inner = checkpoint.dumps({**runtime_state, **self.extra}, self.externals)
+        outer = checkpoint.dumps(
+            {
+                "config": self.config_yaml,
+                "next_tick": next_tick,
+                "recorder": self.recorder.checkpoint_state(),
+                "runtime": inner,
+            }
+        )
+        checkpoint.write(self.path, outer)
+        self.written += 1
+        self.recorder.log.info("checkpoint_written", t=next_tick, bytes=len(outer))
+
+    def load(self, state: Mapping[str, Any]) -> dict[str, Any]:
+        """The runtime's part of a checkpoint read by :func:`resume`."""
+        inner: dict[str, Any] = checkpoint.loads(state["runtime"], self.externals)
+        return inner
+
+
 def _run(
     cfg: ExperimentConfig,
     source: str,
@@ -861,6 +972,7 @@ def _run(
     wall0: float,
     overwrite: bool,
     interceptors: Sequence[Interceptor] = (),
+    resume: Mapping[str, Any] | None = None,
 ) -> Result:
     logs = adversary_logs(cfg)
     pairs = [(adv, log) for (_, adv), log in zip(cfg.observers, logs, strict=True) if log]
@@ -870,7 +982,9 @@ def _run(
         world = build_world(cfg)
         built_at = time.perf_counter()
         on_path = [OnPath(a, world.codec) for _, a in cfg.on_path]
-        runtime = _make_runtime(world, [*taps, *wire], [*interceptors, *on_path], inbox)
+        runtime = _make_runtime(
+            world, [*taps, *wire], [*interceptors, *on_path], inbox, restoring=resume is not None
+        )
         started_at = time.perf_counter()
     except ConfigError as exc:
         if exc.source is not None:
@@ -878,20 +992,48 @@ def _run(
         raise ConfigError(exc.message, source=source, key=exc.key) from None
     cfg = world.config
     try:
-        run_dir = _run_dir(cfg, out, overwrite)
+        run_dir = (
+            Path(out) if resume is not None and out is not None else _run_dir(cfg, out, overwrite)
+        )
     except ConfigError as exc:
         runtime.close()
         if exc.source is not None:
             raise
         raise ConfigError(exc.message, source=source, key=exc.key) from None
     run_id = run_dir.name
-    recorder = RunRecorder(run_dir, run_id, cfg.output.log_level)
-    recorder.write_config(cfg.to_yaml(), header=f"# resolved config of run {run_id}\n")
-    recorder.write_label_histograms(
-        label_histograms(world.dataset.y_train, world.shards, world.dataset.num_classes)
+    recorder = RunRecorder(
+        run_dir, run_id, cfg.output.log_level, resume["recorder"] if resume else None
     )
+    checkpoints = _Checkpoints(
+        run_dir,
+        cfg.checkpoint.every,
+        recorder,
+        {
+            "observer": recorder,
+            **{f"tap{k}": tap for k, tap in enumerate(taps)},
+            **{f"interceptor{k}": icp for k, icp in enumerate(interceptors)},
+        },
+        {"logs": logs},
+        cfg.to_yaml(),
+    )
+    restored: dict[str, Any] | None = None
+    if resume is not None:
+        try:
+            restored = checkpoints.load(resume)
+        except BaseException:
+            runtime.close()
+            recorder.close()
+            raise
+        logs = restored.pop("logs")
+        recorder.log.info("run_resumed", t=resume["next_tick"], checkpoint=CHECKPOINT_FILE)
+    else:
+        (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
+        recorder.write_config(cfg.to_yaml(), header=f"# resolved config of run {run_id}\n")
+        recorder.write_label_histograms(
+            label_histograms(world.dataset.y_train, world.shards, world.dataset.num_classes)
+        )
     recorder.log.info(
-        "run_started",
+        "run_started" if resume is None else "run_restarted",
         t=0.0,
         peers=cfg.num_peers,
         topology=world.schedule.name,
@@ -911,7 +1053,12 @@ def _run(
     try:
         with ProgressReporter(progress or cfg.output.progress, cfg.name) as bar:  # type: ignore[arg-type]
             recorder.progress_hook = bar.update
-            outcome = runtime.run(recorder)
+            outcome = runtime.run(
+                recorder,
+                checkpoints,
+                restored,
+                resume["next_tick"] if resume is not None else None,
+            )
         timings["run_s"] = round(time.perf_counter() - started_at, 3)
     except BaseException as exc:
         summary = _summary(world, runtime, recorder, None, time.perf_counter() - wall0)
@@ -979,7 +1126,13 @@ class _Runtime(typing.Protocol):
     @property
     def now(self) -> float: ...
 
-    def run(self, observer: RunObserver) -> RunOutcome: ...
+    def run(
+        self,
+        observer: RunObserver,
+        checkpoints: _Checkpoints | None = None,
+        restored: dict[str, Any] | None = None,
+        resume_at: float | None = None,
+    ) -> RunOutcome: ...
 
     def peer_reports(self) -> list[PeerReport]: ...
 
@@ -997,13 +1150,15 @@ class _InProcess:
         taps: Sequence[Tap],
         interceptors: Sequence[Interceptor],
         inbox_taps: Sequence[Tap] = (),
+        restoring: bool = False,
     ):
         device = resolve_device(world.config.runtime.device)
         self.world = world
         self.taps = taps
         self.interceptors = interceptors
         self.inbox_taps = inbox_taps
-        self.peers = build_peers(world, range(world.participants), device)
+        # a resumed run's peers come out of its checkpoint
+        self.peers = [] if restoring else build_peers(world, range(world.participants), device)
         self.evaluator = build_evaluator(world, device)
         self.runtime: LocalRuntime | None = None
 
@@ -1011,9 +1166,17 @@ class _InProcess:
     def now(self) -> float:
         return self.runtime.now if self.runtime is not None else 0.0
 
-    def run(self, observer: RunObserver) -> RunOutcome:
+    def run(
+        self,
+        observer: RunObserver,
+        checkpoints: _Checkpoints | None = None,
+        restored: dict[str, Any] | None = None,
+        resume_at: float | None = None,
+    ) -> RunOutcome:
         cfg, w = self.world.config, self.world
-        self.runtime = LocalRuntime(
+        if restored is not None:
+            self.peers = [restored["engine"].peers[i] for i in range(w.participants)]
+        self.runtime = runtime = LocalRuntime(
             self.peers,
             w.codec,
             w.network,
@@ -1028,8 +1191,14 @@ class _InProcess:
             interceptors=self.interceptors,
             inbox_taps=self.inbox_taps,
             availability=w.availability,
+            restored=restored,
         )
-        return self.runtime.run()
+
+        def after_tick(next_tick: float) -> None:
+            if checkpoints is not None and checkpoints.due(runtime.evaluation.tick):
+                checkpoints.save(runtime.checkpoint_state(), next_tick)
+
+        return runtime.run(after_tick, resume_at)
 
     def peer_reports(self) -> list[PeerReport]:
         return [PeerReport.of(p) for p in self.peers]
@@ -1046,12 +1215,15 @@ def _make_runtime(
     taps: Sequence[Tap],
     interceptors: Sequence[Interceptor] = (),
     inbox_taps: Sequence[Tap] = (),
+    restoring: bool = False,
 ) -> _Runtime:
     if world.config.runtime.kind == "ray":
         from p2pfed.runtime.ray_runtime import RayRuntime  # ray is imported only when asked for
 
+        if restoring:
+            raise CheckpointError("resuming a run under runtime.kind ray is not supported yet")
         return RayRuntime(world, taps=taps, interceptors=interceptors, inbox_taps=inbox_taps)
-    return _InProcess(world, taps, interceptors, inbox_taps)
+    return _InProcess(world, taps, interceptors, inbox_taps, restoring)
 
 
 # --- adversaries ---------------------------------------------------------------------------

@@ -23,11 +23,12 @@ import json
 import math
 from collections import defaultdict
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, TextIO
 
 import numpy as np
 import structlog
 
+from p2pfed.errors import CheckpointError
 from p2pfed.protocol.codec import FrameSize
 from p2pfed.runtime.base import MetricRow
 
@@ -37,13 +38,21 @@ _LEVELS = {"debug": 10, "info": 20, "warning": 30}
 class RunRecorder:
     """Implements :class:`~p2pfed.runtime.base.RunObserver` by writing the run directory."""
 
-    def __init__(self, run_dir: Path, run_id: str, log_level: str = "info"):
+    def __init__(
+        self,
+        run_dir: Path,
+        run_id: str,
+        log_level: str = "info",
+        resume: dict[str, Any] | None = None,
+    ):
+        """``resume`` (a :meth:`checkpoint_state`) reopens the logs of an interrupted run,
+        cut back to where the checkpoint was taken, and restores the counters."""
         self.run_dir = run_dir
         self.run_id = run_id
         run_dir.mkdir(parents=True, exist_ok=True)
-        self._events: IO[str] = (run_dir / "events.jsonl").open("w")
+        self._events: TextIO = _open_log(run_dir / "events.jsonl", resume, "events_at")
         try:
-            self._metrics: IO[str] = (run_dir / "metrics.jsonl").open("w")
+            self._metrics: TextIO = _open_log(run_dir / "metrics.jsonl", resume, "metrics_at")
         except OSError:
             self._events.close()
             raise
@@ -62,6 +71,24 @@ class RunRecorder:
         self.progress_hook: Any = None
         self.rejected = 0
         self.rejected_by_reason: dict[str, int] = {}
+        if resume is not None:
+            self.edges.update({tuple(k): list(v) for k, v in resume["edges"]})
+            self.last_rows = list(resume["last_rows"])
+            self.rejected = int(resume["rejected"])
+            self.rejected_by_reason = dict(resume["rejected_by_reason"])
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The counters, and how far each log has been written (flushed first)."""
+        self._events.flush()
+        self._metrics.flush()
+        return {
+            "events_at": self._events.tell(),
+            "metrics_at": self._metrics.tell(),
+            "edges": [(k, list(v)) for k, v in self.edges.items()],
+            "last_rows": list(self.last_rows),
+            "rejected": self.rejected,
+            "rejected_by_reason": dict(self.rejected_by_reason),
+        }
 
     # --- RunObserver ------------------------------------------------------------------------
 
@@ -145,6 +172,22 @@ class RunRecorder:
     def close(self) -> None:
         self._metrics.close()
         self._events.close()
+
+
+def _open_log(path: Path, resume: dict[str, Any] | None, key: str) -> TextIO:
+    """A log opened for a new run (emptied), or for a resumed one: cut back to the length it
+    had at the checkpoint (what an interrupted run wrote after it is written again)."""
+    if resume is None:
+        return path.open("w")
+    f = path.open("r+")
+    at = int(resume[key])
+    f.seek(0, 2)
+    if f.tell() < at:
+        f.close()
+        raise CheckpointError(f"{path.name} is shorter than at the checkpoint (cut by hand?)")
+    f.truncate(at)
+    f.seek(at)
+    return f
 
 
 def final_accuracy(rows: list[MetricRow]) -> dict[str, float]:

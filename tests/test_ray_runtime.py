@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from p2pfed.errors import RuntimeFailure
+from p2pfed.config import config_from_mapping
+from p2pfed.errors import ConfigError, RuntimeFailure
 from p2pfed.experiment import run
 from p2pfed.runtime.engine import OutFrame
 from p2pfed.runtime.ray_runtime import pack_frames, place, plan_hosts, unpack_frames
@@ -449,6 +450,61 @@ def test_wall_time_survives_a_killed_host(ray_local: Any, tmp_path: Path) -> Non
     assert {
         r["peer"] for r in res.metrics() if r["tick"] == max(x["tick"] for x in res.metrics())
     } == {0, 1, 2, 3}
+
+
+def test_wall_time_restarts_a_killed_host_from_its_checkpoint(
+    ray_local: Any, tmp_path: Path
+) -> None:
+    """Issue 8: with ``on_host_failure: restart`` a host killed mid-run comes back from its
+    last checkpoint as a new host; its peers rejoin and finish every round."""
+    cfg = {
+        **small_config(
+            topology={"kind": "ring", "n": 8},
+            protocol={"kind": "gossip", "rounds": 300, "timeout": 0.2},
+            time={"mode": "wall", "limit": 60.0},
+            eval={"interval": 0.5},
+            runtime={
+                "kind": "ray",
+                "hosts": 2,
+                "cpus_per_host": 1,
+                "fail_hosts": {1: 1.5},
+                "on_host_failure": "restart",
+                "start_timeout": 120,
+            },
+        ),
+        "checkpoint": {"wall_interval": 0.5},
+    }
+    res = run(cfg, out=tmp_path / "wall-restart")
+    s = res.summary
+    assert s["status"] == "completed", s
+    assert [f["peers"] for f in s["host_failures"]] == [[4, 5, 6, 7]]
+    hosts = s["hosts"]
+    assert len(hosts) == 3 and hosts[1]["alive"] is False and hosts[2]["alive"] is True
+    assert hosts[2]["peers"] == hosts[1]["peers"]
+    assert s["rounds_completed"] == [300] * 8  # the restarted peers finished too
+    m = s["messages"]
+    assert m["in_flight"] == 0
+    assert m["sent"] == m["delivered"] + m["lost"] + m["rejected"] + m["dropped"]
+    events = [json.loads(line) for line in (res.run_dir / "events.jsonl").open()]
+    restarted = [e for e in events if e["event"] == "host_restarted"]
+    assert [(e["host"], e["as"]) for e in restarted] == [(1, 2)]
+    restored = {e["peer"] for e in events if e["event"] == "peer_restored"}
+    assert restored == {4, 5, 6, 7}
+    last = max(r["tick"] for r in res.metrics())
+    assert {r["peer"] for r in res.metrics() if r["tick"] == last} == set(range(8))
+
+
+def test_restart_is_refused_where_replaying_random_streams_would_leak() -> None:
+    base = small_config(
+        time={"mode": "wall"}, runtime={"kind": "ray", "on_host_failure": "restart"}
+    )
+    config_from_mapping(base)  # plain: accepted
+    with pytest.raises(ConfigError, match="reuse AES-GCM nonces"):
+        config_from_mapping({**base, "security": {"channel": "aead"}})
+    with pytest.raises(ConfigError, match="reuse DP noise"):
+        config_from_mapping({**base, "dp": {"clip": 1.0}})
+    with pytest.raises(ConfigError, match=r"needs time\.mode wall"):
+        config_from_mapping({**base, "time": {"mode": "virtual"}})
 
 
 def test_gpu_hosts_on_a_cluster_without_gpus_is_one_clear_error(

@@ -91,6 +91,16 @@ class FlatParams:
             if self.buffer.device.type == "cpu":
                 self._host = self.buffer.numpy()
 
+    def __getstate__(self) -> dict[str, object]:
+        # the numpy view of the buffer would pickle as a copy of its own: a checkpoint keeps
+        # the buffer (torch.save keeps the parameters' views of it) and re-derives the view
+        return {**self.__dict__, "_host": None}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        if self.buffer is not None and self.buffer.device.type == "cpu":
+            self._host = self.buffer.numpy()
+
     def set(self, flat: np.ndarray) -> None:
         """Copy ``flat`` (P,) into the parameters (same checks as :func:`set_flat`)."""
         arr = np.asarray(flat)

@@ -223,6 +223,7 @@ class PeerEngine:
         self._heap: list[tuple[float, int, int, int, int, Any]] = []
         self._seq = dict.fromkeys(self.peers, 0)
         self._frames_queued = 0
+        self.started = False
         # message bodies packed while executing one event's effects, by message identity:
         # a message sent to many peers is packed once (see Codec.encode_body)
         self._bodies: dict[int, tuple[Any, bytes, int]] = {}
@@ -241,6 +242,7 @@ class PeerEngine:
     def start(self) -> None:
         """Schedule ``Started`` for every local peer at time 0, and the first down spell of
         every churning peer (its own turns, or notices to the local peers)."""
+        self.started = True
         for i in sorted(self.peers):
             self._push(0.0, i, i, _EVENT, Started())
         if self.availability is not None:
@@ -285,6 +287,39 @@ class PeerEngine:
             if not self.peers[i].done:
                 for j in gone:
                     self._push(t, i, i, _EVENT, PeerDown(j))
+
+    def peers_up(self, ids: Iterable[int], t: float) -> None:
+        """Tell every local peer still running, at time ``t``, that peers ``ids`` are back."""
+        back = sorted(ids)
+        for i in sorted(self.peers):
+            if not self.peers[i].done:
+                for j in back:
+                    self._push(t, i, i, _EVENT, PeerUp(j))
+
+    def rejoin(self, t: float) -> None:
+        """This engine was restored from a checkpoint after its host crashed: every local
+        peer comes back with the state it had then. What its peers had scheduled (timers,
+        training in flight) is discarded with a new incarnation, and so are the frames that
+        were queued for them (the crashed host had received them, and counted them, already:
+        a crash loses what was in flight to it); every peer up and not done gets
+        ``Started(rejoin=True)`` at ``t``, as after a churn crash (see the module docstring).
+        The counters start again from zero: the restored host reports what it does from now
+        on. An engine checkpointed before it started just starts."""
+        if not self.started:
+            self.start()
+            return
+        self._heap = [e for e in self._heap if e[4] == _AVAIL]
+        heapq.heapify(self._heap)
+        self._frames_queued = 0
+        for i in sorted(self.peers):
+            peer = self.peers[i]
+            peer.incarnation += 1
+            peer.training = False
+            if peer.up and not peer.done:
+                self._push(t, i, i, _EVENT, Started(rejoin=True))
+            self.observer.peer_event(t, i, "peer_restored", {"done": peer.done})
+        self.frames = dict.fromkeys(FRAME_COUNTERS, 0)
+        self.events = self.completed = 0
 
     def accept(self, frames: Iterable[OutFrame]) -> None:
         """Queue frames that other engines sent to this engine's peers."""

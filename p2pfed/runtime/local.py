@@ -8,7 +8,8 @@ actors and reproduces this runtime's metrics exactly (see :mod:`p2pfed.runtime.e
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from p2pfed.availability import Availability
 from p2pfed.crypto.links import LinkGuard
@@ -53,6 +54,9 @@ class _OneHost:
         self.engine.start()
         return self._state()
 
+    def state(self) -> HostsState:
+        return self._state()
+
     def step(self, end: float, inclusive: bool) -> HostsState:
         self.engine.advance(end, inclusive=inclusive)
         return self._state()
@@ -68,6 +72,12 @@ class LocalRuntime:
     are scored at every evaluation tick (a coordinator holds no data and is not). ``links``
     seals every frame (it holds every peer's identity), ``interceptors`` sit on the path;
     see :class:`~p2pfed.runtime.engine.PeerEngine`.
+
+    Checkpoints. ``run(after_tick=...)`` is told the next tick's time after every
+    evaluation tick; :meth:`checkpoint_state` is then what a checkpoint needs from this
+    runtime (the engine with every peer in it, and the evaluation count), and a runtime
+    built with ``restored=`` that state goes on with ``run(resume_at=next_tick)`` exactly as
+    the original would have (see :mod:`p2pfed.checkpoint`).
     """
 
     def __init__(
@@ -87,7 +97,10 @@ class LocalRuntime:
         interceptors: Sequence[Interceptor] = (),
         inbox_taps: Sequence[Tap] = (),
         availability: Availability | None = None,
+        restored: dict[str, Any] | None = None,
     ):
+        if restored is not None:
+            peers = list(restored["engine"].peers.values())
         if [p.id for p in peers] != list(range(len(peers))):
             raise ValueError("peers must be numbered 0..n-1 in order")
         if eval_interval <= 0:
@@ -110,6 +123,9 @@ class LocalRuntime:
         self.evaluation = Evaluation(
             evaluator, len(peers) if evaluated is None else evaluated, self.observer
         )
+        if restored is not None:
+            self.engine = restored["engine"]
+            self.evaluation.tick = int(restored["eval_tick"])
         self.eval_interval = eval_interval
         self.time_limit = time_limit
 
@@ -120,7 +136,15 @@ class LocalRuntime:
     def peer_reports(self) -> list[PeerReport]:
         return self.engine.reports()
 
-    def run(self) -> RunOutcome:
+    def checkpoint_state(self) -> dict[str, Any]:
+        """This runtime's part of a checkpoint (call it at an ``after_tick`` point)."""
+        return {"engine": self.engine, "eval_tick": self.evaluation.tick}
+
+    def run(
+        self,
+        after_tick: Callable[[float], None] | None = None,
+        resume_at: float | None = None,
+    ) -> RunOutcome:
         return run_virtual(
             _OneHost(self.engine),
             participants=len(self.peers),
@@ -129,4 +153,6 @@ class LocalRuntime:
             time_limit=self.time_limit,
             evaluate=self.evaluation,
             observer=self.observer,
+            after_tick=after_tick,
+            resume_at=resume_at,
         )

@@ -59,6 +59,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from p2pfed import checkpoint
 from p2pfed.adversary.config import NEEDS_VIEW
 from p2pfed.crypto.links import link_guard
 from p2pfed.errors import P2PFedError, ProtocolError, RuntimeFailure
@@ -229,6 +230,59 @@ class PeerHost:
             "peers": len(ids),
         }
 
+    def checkpoint(self) -> bytes:
+        """Wall time: this host's engine (every peer in it) and directory as checkpoint bytes,
+        taken under the lock between two events (see :mod:`p2pfed.checkpoint`)."""
+        with self._lock:
+            engine = self._engine()
+            return checkpoint.dumps(
+                {"engine": engine, "directory": self.directory},
+                {"observer": self.recorder, "clock": engine.clock},
+            )
+
+    def restore(
+        self, data: bytes, owner: np.ndarray, device: str, torch_threads: int
+    ) -> dict[str, Any]:
+        """Set up from a crashed host's checkpoint instead of :meth:`setup` (its peers then
+        rejoin when :meth:`run_wall` starts them)."""
+        import torch
+
+        torch.set_num_threads(torch_threads)
+        state = checkpoint.loads(data, {"observer": self.recorder, "clock": None})
+        self.engine = engine = state["engine"]
+        self.directory = state["directory"]
+        self.owner = np.array(owner)
+        self.num_hosts = int(self.owner.max()) + 1
+        self._sent_to = [0] * self.num_hosts
+        trainers = [p.trainer.model for p in engine.peers.values() if p.trainer is not None]
+        return {
+            "host": self.index,
+            "node": ray.get_runtime_context().get_node_id(),
+            "pid": os.getpid(),
+            "device": device,
+            "param_device": str(next(trainers[0].parameters()).device) if trainers else None,
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+            "peers": len(engine.peers),
+        }
+
+    def rehost(self, peers: list[int], index: int, handle: Any) -> None:
+        """Wall time: peers ``peers`` live on host ``index`` (``handle``) from now on."""
+        with self._lock:
+            self.owner = np.array(self.owner)  # the one set up may be read-only
+            self.owner[peers] = index
+            self.num_hosts = max(self.num_hosts, index + 1)
+            self._sent_to += [0] * (self.num_hosts - len(self._sent_to))
+            self._hosts = list(self._hosts) + [None] * (self.num_hosts - len(self._hosts))
+            self._hosts[index] = handle
+
+    def peers_up(self, ids: list[int], t: float | None) -> None:
+        """Peers ``ids`` are back (their host was restarted): tell every local peer."""
+        with self._lock:
+            engine = self._engine()
+            now = engine.clock() if engine.clock is not None else engine.now
+            engine.peers_up(ids, now if t is None else max(t, now))
+        self._wake.set()
+
     def step(self, end: float | None, inclusive: bool, *batches: dict[str, np.ndarray]) -> Any:
         """Virtual time: take the frames other hosts sent here, process events before ``end``
         (``None``: start the peers), and return a report plus one frame batch per host."""
@@ -319,7 +373,9 @@ class PeerHost:
 
     # --- wall time: the host runs its own loop; the driver only watches -----------------
 
-    def run_wall(self, t0: float, hosts: list[Any], flush_s: float) -> dict[str, Any]:
+    def run_wall(
+        self, t0: float, hosts: list[Any], flush_s: float, rejoin: bool = False
+    ) -> dict[str, Any]:
         """Wall time: run this host's peers in real time until :meth:`stop`.
 
         One loop thread handles due events under the host's lock; frames for other hosts
@@ -330,12 +386,15 @@ class PeerHost:
         """
         engine = self._engine()
         engine.clock = lambda: time.time() - t0
-        self._hosts = hosts
+        self._hosts = list(hosts)
         delay = t0 - time.time()
         if delay > 0:
             time.sleep(delay)
         with self._lock:
-            engine.start()
+            if rejoin:  # restored from a checkpoint: the peers come back, not start
+                engine.rejoin(engine.clock())
+            else:
+                engine.start()
         last_flush = time.monotonic()
         while not self._stop:
             self._wake.clear()  # before draining: a delivery from now on wakes the wait
@@ -550,6 +609,8 @@ class _Host:
     alive: bool = True
     last: dict[str, Any] = field(default_factory=dict)  # its latest step report
     snapshot: Snapshot | None = None  # its latest snapshot (rounds of dead peers)
+    rehosted: int | None = None  # dead, and restarted from its checkpoint as this host
+    options: dict[str, Any] = field(default_factory=dict)  # how it was started (a restart)
 
 
 class RayRuntime:
@@ -643,8 +704,9 @@ class RayRuntime:
             # driver's status and snapshot calls come in; single-threaded under virtual
             # time (measured: a threaded actor runs the same training ~10% slower)
             threads = 8 if self.config.time.mode == "wall" else 1
-            actor = remote_host.options(max_restarts=0, max_concurrency=threads, **opts).remote(h)
-            self.hosts.append(_Host(h, actor, ids))
+            opts = {"max_restarts": 0, "max_concurrency": threads, **opts}
+            actor = remote_host.options(**opts).remote(h)
+            self.hosts.append(_Host(h, actor, ids, options={**opts, "device": host_device}))
             setups.append(
                 actor.setup.remote(
                     world_ref,
@@ -673,6 +735,8 @@ class RayRuntime:
             ) from None
         for host, info in zip(self.hosts, infos, strict=True):
             host.info = info
+        self._owner = owner
+        self._coordinator_host = len(blocks) - 1
         if plan.coordinator is not None:
             entries = [(p, h.index, h.info.get("node")) for h in self.hosts for p in h.peers]
             try:
@@ -712,7 +776,7 @@ class RayRuntime:
         """The host that carries the coordinator and its directory (coordinator protocols)."""
         if self.plan.coordinator is None:
             raise RuntimeFailure(f"protocol {self.config.protocol.kind} has no coordinator")
-        return self.hosts[-1]
+        return self.hosts[self._coordinator_host]
 
     @property
     def placement(self) -> list[dict[str, Any]]:
@@ -732,7 +796,17 @@ class RayRuntime:
 
     # --- running -----------------------------------------------------------------------------
 
-    def run(self, observer: RunObserver) -> RunOutcome:
+    def run(
+        self,
+        observer: RunObserver,
+        checkpoints: Any = None,
+        restored: dict[str, Any] | None = None,
+        resume_at: float | None = None,
+    ) -> RunOutcome:
+        """Run to the end. Checkpoints of Ray runs are not written yet (``checkpoints`` is
+        ignored; ``restored`` must be None)."""
+        if restored is not None or resume_at is not None:
+            raise RuntimeFailure("a Ray run cannot resume from a checkpoint yet")
         cfg, world = self.config, self.world
         for h in self.hosts:
             observer.peer_event(
@@ -784,6 +858,8 @@ class RayRuntime:
                 f"the coordinator's PeerHost {host.index} died near t={t:.3f}s ({reason}); "
                 "a star protocol cannot go on without it"
             )
+        if policy == "restart" and not self.config.time.mode == "wall":
+            raise RuntimeFailure("on_host_failure restart needs time.mode wall")  # validated
         if policy == "stop":
             raise RuntimeFailure(
                 f"PeerHost {host.index} died near t={t:.3f}s carrying peers "
@@ -803,9 +879,57 @@ class RayRuntime:
             except GetTimeoutError:
                 raise RuntimeFailure("a PeerHost did not take a PeerDown within 120 s") from None
 
+    def restart_host(
+        self, host: _Host, data: bytes, t0: float, flush_s: float
+    ) -> tuple[_Host, Any]:
+        """Start a new host from dead ``host``'s checkpoint ``data`` (wall time): it gets the
+        next index, every live host routes the peers to it, and its loop starts with their
+        rejoin; returns the new host and its loop's reference."""
+        index = len(self.hosts)
+        opts = dict(host.options)
+        device = opts.pop("device")
+        remote_host: Any = ray.remote(PeerHost)
+        actor = remote_host.options(**opts).remote(index)
+        owner = np.array(self._owner)
+        owner[host.peers] = index
+        self._owner = owner
+        timeout = self.config.runtime.start_timeout
+        try:
+            info: dict[str, Any] = ray.get(
+                actor.restore.remote(data, owner, device, self.config.runtime.torch_threads),
+                timeout=timeout,
+            )
+        except (GetTimeoutError, RayActorError) as exc:
+            with contextlib.suppress(Exception):
+                ray.kill(actor)
+            raise RuntimeFailure(
+                f"PeerHost {host.index} could not be restarted from its checkpoint: {exc}"
+            ) from None
+        except RayTaskError as exc:
+            raise _cause(exc) from None
+        new = _Host(index, actor, list(host.peers), info, options=host.options)
+        host.rehosted = index
+        self.hosts.append(new)
+        if self.plan.coordinator is not None:
+            entries = [(p, index, info.get("node")) for p in host.peers]
+            with contextlib.suppress(RayActorError, GetTimeoutError):  # shows at its next call
+                ray.get(self.coordinator.actor.register.remote(entries), timeout=60)
+        others = [h for h in self.hosts if h.alive and h is not new]
+        refs = [h.actor.rehost.remote(host.peers, index, actor) for h in others]
+        for ref in refs:
+            with contextlib.suppress(RayActorError):  # a second death shows later
+                ray.get(ref, timeout=60)
+        handles = [h.actor for h in self.hosts]
+        loop = actor.run_wall.remote(t0, handles, flush_s, True)
+        for h in others:
+            h.actor.peers_up.remote(host.peers, None)
+        return new, loop
+
     def peer_reports(self) -> list[PeerReport]:
         out: list[PeerReport] = []
         for h in self.hosts:
+            if h.rehosted is not None:
+                continue  # its peers report from the host that took them over
             if h.alive:
                 try:
                     out += ray.get(h.actor.reports.remote(), timeout=60)
@@ -863,6 +987,9 @@ class _Driver:
 
     def start(self) -> HostsState:
         return self._call({h.index: (None, False) for h in self.rt.hosts})
+
+    def state(self) -> HostsState:
+        return self._state()
 
     def step(self, cap: float, inclusive: bool) -> HostsState:
         hosts = self.rt.hosts
@@ -1030,6 +1157,12 @@ def _kill(actor: Any, timeout: float = 30.0) -> None:
     raise RuntimeFailure("a PeerHost killed by runtime.fail_hosts did not die")
 
 
+def _sent_to(status: Mapping[str, Any], host: int) -> int:
+    """Frames a host's status counts as sent to ``host`` (0 for a host started after it)."""
+    sent: list[int] = status["sent_to"]
+    return sent[host] if host < len(sent) else 0
+
+
 def _span(ids: Sequence[int]) -> str:
     if list(ids) == list(range(ids[0], ids[-1] + 1)):
         return f"{ids[0]}-{ids[-1]}" if len(ids) > 1 else str(ids[0])
@@ -1058,6 +1191,14 @@ class _WallDriver:
         self.status: dict[int, dict[str, Any]] = {}
         self.dropped = 0
         self.t0 = time.time() + self.START_S
+        self.loops: dict[int, Any] = {}
+        rcfg = runtime.config.runtime
+        self.restart = rcfg.on_host_failure == "restart"
+        self.checkpoint_s = float(runtime.config.checkpoint.wall_interval)
+        self.checkpoints: dict[int, bytes] = {}  # host -> its latest checkpoint
+        self.taking: dict[int, Any] = {}  # host -> the checkpoint it is writing now
+        self.checkpointed_at = 0.0
+        self.restarts: list[dict[str, Any]] = []
 
     def _alive(self) -> list[_Host]:
         return [h for h in self.rt.hosts if h.alive]
@@ -1119,6 +1260,44 @@ class _WallDriver:
         t = time.time() - self.t0
         self.dropped += self.rt.host_failed(host, t, exc, self.observer)
         self.rt.announce_down(host, None)
+        self.taking.pop(host.index, None)
+        if self.restart:
+            data = self.checkpoints.pop(host.index)  # every host has one from its start
+            new, loop = self.rt.restart_host(host, data, self.t0, self.FLUSH_S)
+            self.loops[new.index] = loop
+            self.checkpoints[new.index] = data
+            self.restarts.append({"host": host.index, "as": new.index, "t": t})
+            self.observer.peer_event(
+                t,
+                host.peers[0],
+                "host_restarted",
+                {"host": host.index, "as": new.index, "peers": [host.peers[0], host.peers[-1]]},
+            )
+
+    def _take_checkpoints(self, now: float, *, wait: bool = False) -> None:
+        """Collect the checkpoints the hosts finished writing (all of them with ``wait``);
+        every ``checkpoint.wall_interval`` ask each live host for a new one (it pickles its
+        engine under its lock, between two events). The bytes come to the driver, so they
+        outlive the host that wrote them."""
+        if self.taking:
+            refs = list(self.taking.values())
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=None if wait else 0)
+            done = set(ready)
+            for index, ref in list(self.taking.items()):
+                if ref not in done:
+                    continue
+                del self.taking[index]
+                try:
+                    self.checkpoints[index] = ray.get(ref)
+                except RayActorError:
+                    continue  # it died: its death shows at its next call
+                except RayTaskError as exc:
+                    raise _cause(exc) from None
+        if now - self.checkpointed_at >= self.checkpoint_s:
+            self.checkpointed_at = now
+            for h in self._alive():
+                if h.index not in self.taking:
+                    self.taking[h.index] = h.actor.checkpoint.remote()
 
     def _dead_host_frames(self) -> tuple[int, int]:
         """Settle the frame counts of hosts that died, whose own counters stopped at their
@@ -1133,8 +1312,8 @@ class _WallDriver:
             for a, st in self.status.items():
                 if a == dead:
                     continue
-                dropped += st["sent_to"][dead] - received.get(a, 0)
-                gap = st["received_from"].get(dead, 0) - (last["sent_to"][a] if last else 0)
+                dropped += _sent_to(st, dead) - received.get(a, 0)
+                gap = st["received_from"].get(dead, 0) - (_sent_to(last, a) if last else 0)
                 late, dropped = (late + gap, dropped) if gap > 0 else (late, dropped - gap)
             if last:
                 dropped += last["frames_pending"] + last["inbox"]
@@ -1149,14 +1328,11 @@ class _WallDriver:
         if any(s["frames_pending"] or s["unsent"] for s in st.values()):
             return False
         return all(
-            st[a]["sent_to"][b] == st[b]["received_from"].get(a, 0)
-            for a in st
-            for b in st
-            if a != b
+            _sent_to(st[a], b) == st[b]["received_from"].get(a, 0) for a in st for b in st if a != b
         )
 
     def _done(self) -> int:
-        dead = sum(len(h.peers) for h in self.rt.hosts if not h.alive)
+        dead = sum(len(h.peers) for h in self.rt.hosts if not h.alive and h.rehosted is None)
         return dead + sum(
             self.status[h.index]["settled"] for h in self._alive() if h.index in self.status
         )
@@ -1170,8 +1346,14 @@ class _WallDriver:
         self.observer.progress(0.0, 0, total)
         self.evaluate(0.0, self._snapshot())
         self.t0 = time.time() + self.START_S  # after the first evaluation
+        if self.restart:  # every host's state before it starts: always one to go back to
+            self.taking = {h.index: h.actor.checkpoint.remote() for h in self._alive()}
+            self._take_checkpoints(-math.inf, wait=True)
         handles = [h.actor for h in rt.hosts]
-        loops = {h.index: h.actor.run_wall.remote(self.t0, handles, self.FLUSH_S) for h in rt.hosts}
+        loops = self.loops
+        loops.update(
+            {h.index: h.actor.run_wall.remote(self.t0, handles, self.FLUSH_S) for h in rt.hosts}
+        )
         try:
             status = self._watch(loops, interval, limit, total)
         except BaseException:
@@ -1205,6 +1387,8 @@ class _WallDriver:
                     _kill(rt.hosts[index].actor)  # fault injection
             self._check_loops(loops)
             self._poll()
+            if self.restart:
+                self._take_checkpoints(now)
             completed = sum(s["completed"] for s in self.status.values())
             self.observer.progress(max(now, 0.0), completed, total)
             if now >= tick:

@@ -74,6 +74,10 @@ class Hosts(Protocol):
 
     def start(self) -> HostsState: ...
 
+    def state(self) -> HostsState:
+        """Where the hosts stand now, without advancing them (a resumed run's first look)."""
+        ...
+
     def step(self, cap: float, inclusive: bool) -> HostsState:
         """Advance every host to ``cap`` (through it when ``inclusive``) or its own safe
         horizon, whichever comes first; at least the earliest pending event is processed."""
@@ -142,14 +146,26 @@ def run_virtual(
     time_limit: float | None,
     evaluate: Callable[[float, Sequence[Snapshot]], list[MetricRow]],
     observer: RunObserver,
+    after_tick: Callable[[float], None] | None = None,
+    resume_at: float | None = None,
 ) -> RunOutcome:
-    """Drive ``hosts`` to the end of the run (see the module docstring)."""
+    """Drive ``hosts`` to the end of the run (see the module docstring).
+
+    ``after_tick(next_tick)`` is called after every evaluation tick but the last, when every
+    event before the tick has been processed and none after it: the point a checkpoint
+    captures. ``resume_at`` goes on from such a point, restored into ``hosts``: the hosts
+    are not started again and the next tick is at ``resume_at``."""
     if eval_interval <= 0:
         raise ValueError("eval_interval must be positive")
-    observer.progress(0.0, 0, total_rounds)
-    evaluate(0.0, hosts.snapshot())
-    state = hosts.start()
-    tick = eval_interval
+    if resume_at is None:
+        observer.progress(0.0, 0, total_rounds)
+        evaluate(0.0, hosts.snapshot())
+        state = hosts.start()
+        tick = eval_interval
+    else:
+        state = hosts.state()
+        tick = resume_at
+        observer.progress(state.now, state.completed, total_rounds)
     status, cut = "completed", False
     while True:
         # the peers still running are all down, with nothing of theirs pending and nothing
@@ -180,6 +196,8 @@ def run_virtual(
             if tick <= t_next and (time_limit is None or tick <= time_limit):
                 evaluate(tick, hosts.snapshot())
                 tick += eval_interval
+                if after_tick is not None:
+                    after_tick(tick)
                 continue
             if time_limit is not None and t_next > time_limit:
                 status = "time_limit"
