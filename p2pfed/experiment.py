@@ -793,6 +793,8 @@ RUN_FILES = (
     "label_histograms.json",
     "summary.json",
     "attacks.json",
+    "availability.csv",
+    "checkpoint.pt",
 )
 
 

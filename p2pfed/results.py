@@ -10,9 +10,11 @@
       label_histograms.json  per-peer label counts of the training shards
       summary.json           final accuracy, virtual and wall time, messages, bytes, status
       availability.csv       with churn or a trace: every down spell (peer, down, up, how)
+      checkpoint.pt          the latest checkpoint (p2pfed.checkpoint; --resume goes on from it)
 
-Metrics are flushed at every tick and the edge table and summary are written even when a
-run fails, so nothing measured so far is lost. The event log never carries parameters,
+Metrics are flushed at every tick, every event line as it is logged, and the edge table and
+summary are written even when a run fails, so nothing measured so far is lost; a resumed run
+cuts both logs back to their length at its checkpoint and writes on. The event log never carries parameters,
 shares, keys or samples — only ids, counts, sizes, times and reasons.
 """
 

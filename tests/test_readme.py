@@ -75,7 +75,13 @@ def test_readme_cli_commands_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert len(commands) >= 3
     for k, command in enumerate(commands):
         argv = command.split()[1:]
-        if argv[0] == "run":
+        if "--resume" in argv:  # an interrupted run to resume: one with no summary yet
+            run_dir = argv[argv.index("--resume") + 1]
+            setup = ["--set", "protocol.rounds=4", "--set", "checkpoint.every=1"]
+            assert main(["run", *setup, "--out", run_dir, "--progress", "off"]) == 0
+            (tmp_path / run_dir / "summary.json").unlink()
+            argv += ["--progress", "off"]
+        elif argv[0] == "run":
             argv += ["--set", "protocol.rounds=2", "--out", f"run{k}", "--progress", "off"]
         assert main(argv) == 0, command
     assert (tmp_path / "torus.png").read_bytes().startswith(b"\x89PNG")
