@@ -14,8 +14,8 @@
 
 Metrics are flushed at every tick, every event line as it is logged, and the edge table and
 summary are written even when a run fails, so nothing measured so far is lost; a resumed run
-cuts both logs back to their length at its checkpoint and writes on. The event log never carries parameters,
-shares, keys or samples — only ids, counts, sizes, times and reasons.
+cuts both logs back to their length at its checkpoint and writes on. The event log never
+carries parameters, shares, keys or samples — only ids, counts, sizes, times and reasons.
 """
 
 from __future__ import annotations
