@@ -1222,8 +1222,6 @@ def _make_runtime(
     if world.config.runtime.kind == "ray":
         from p2pfed.runtime.ray_runtime import RayRuntime  # ray is imported only when asked for
 
-        if restoring:
-            raise CheckpointError("resuming a run under runtime.kind ray is not supported yet")
         return RayRuntime(world, taps=taps, interceptors=interceptors, inbox_taps=inbox_taps)
     return _InProcess(world, taps, interceptors, inbox_taps, restoring)
 

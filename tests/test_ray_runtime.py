@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ import pytest
 
 from p2pfed.config import config_from_mapping
 from p2pfed.errors import ConfigError, RuntimeFailure
-from p2pfed.experiment import run
+from p2pfed.experiment import resume, run
 from p2pfed.runtime.engine import OutFrame
 from p2pfed.runtime.ray_runtime import pack_frames, place, plan_hosts, unpack_frames
 from tests.conftest import small_config
@@ -492,6 +493,36 @@ def test_wall_time_restarts_a_killed_host_from_its_checkpoint(
     assert restored == {4, 5, 6, 7}
     last = max(r["tick"] for r in res.metrics())
     assert {r["peer"] for r in res.metrics() if r["tick"] == last} == set(range(8))
+
+
+@pytest.mark.parametrize("killed", [False, True])
+def test_a_ray_run_resumed_from_its_checkpoint_ends_as_one_left_alone(
+    ray_local: Any, tmp_path: Path, killed: bool
+) -> None:
+    """Virtual time on Ray: every host's engine and the frames between hosts go into the
+    checkpoint; resumed (hosts started afresh and restored), the run ends exactly as the
+    uninterrupted one — also when a host had died before the checkpoint."""
+    runtime: dict[str, Any] = {**RAY4}
+    if killed:
+        runtime |= {"fail_hosts": {3: 0.05}, "on_host_failure": "continue"}
+    cfg = {
+        **small_config(
+            topology={"kind": "ring", "n": 8},
+            protocol={"kind": "gossip", "rounds": 8, "timeout": 0.2},
+            runtime=runtime,
+        ),
+        "checkpoint": {"every": 2},
+    }
+    whole = run(cfg, out=tmp_path / "whole")
+    assert (whole.run_dir / "checkpoint.pt").is_file()
+    cut = tmp_path / "cut"
+    shutil.copytree(whole.run_dir, cut)
+    (cut / "summary.json").unlink()
+    resumed = resume(cut)
+    assert resumed.metrics() == whole.metrics()
+    for key in ("final", "messages", "rounds_completed", "host_failures"):
+        assert resumed.summary[key] == whole.summary[key], key
+    assert bool(whole.summary["host_failures"]) is killed
 
 
 def test_restart_is_refused_where_replaying_random_streams_would_leak() -> None:

@@ -34,7 +34,18 @@ Failures. A host that dies is reported with the peers it carried. With
 are counted as dropped, metrics cover the survivors); with ``stop`` — the default for
 protocols with a coordinator, and always when the coordinator's host dies — the run ends
 with a :class:`~p2pfed.errors.RuntimeFailure` naming the host and its peers. Either way the
-run directory keeps the metrics written so far. Ray start-up problems (an address nobody
+run directory keeps the metrics written so far.
+
+Checkpoints. Under virtual time, at a checkpoint tick the driver collects every live host's
+pickled engine (:meth:`PeerHost.checkpoint`) and the frame batches in transit between hosts;
+a resumed run starts the same hosts afresh and restores them, and ends exactly as the
+uninterrupted run. Under wall time with ``on_host_failure: restart`` every host sends the
+driver a checkpoint every ``checkpoint.wall_interval`` seconds (the bytes live in the driver,
+so they outlive the host); a host that dies is started again from its last one under a new
+index, every live host routes its peers there (:meth:`PeerHost.rehost`) and hears
+``PeerUp``, and the peers rejoin (:meth:`~p2pfed.runtime.engine.PeerEngine.rejoin`). The
+frame accounting stays exact: the dead host is settled as before, and the new one counts
+from zero. Ray start-up problems (an address nobody
 answers, a cluster too small for the requested hosts, hosts that cannot be placed in
 ``runtime.start_timeout``) fail fast with one message instead of hanging.
 """
@@ -803,11 +814,13 @@ class RayRuntime:
         restored: dict[str, Any] | None = None,
         resume_at: float | None = None,
     ) -> RunOutcome:
-        """Run to the end. Checkpoints of Ray runs are not written yet (``checkpoints`` is
-        ignored; ``restored`` must be None)."""
-        if restored is not None or resume_at is not None:
-            raise RuntimeFailure("a Ray run cannot resume from a checkpoint yet")
+        """Run to the end. Under virtual time ``checkpoints`` (see
+        :func:`p2pfed.experiment.resume`) gets every host's engine, the frames between hosts
+        and the driver's counters at its ticks, and ``restored`` (such a state) with
+        ``resume_at`` goes on from one; under wall time checkpoints serve host restarts."""
         cfg, world = self.config, self.world
+        if restored is not None and cfg.time.mode == "wall":
+            raise RuntimeFailure("a wall-time run cannot resume: it never repeats itself")
         for h in self.hosts:
             observer.peer_event(
                 0.0,
@@ -823,14 +836,26 @@ class RayRuntime:
         if cfg.time.mode == "wall":
             return _WallDriver(self, observer).run()
         driver = _Driver(self, observer)
+        evaluation = Evaluation(_driver_evaluator(world), world.num_peers, observer)
+        if restored is not None:
+            driver.restore(restored)
+            evaluation.tick = int(restored["eval_tick"])
+
+        def after_tick(next_tick: float) -> None:
+            if checkpoints is not None and checkpoints.due(evaluation.tick):
+                state = driver.checkpoint_state()
+                checkpoints.save({**state, "eval_tick": evaluation.tick}, next_tick)
+
         outcome = run_virtual(
             driver,
             participants=world.participants,
             total_rounds=world.total_rounds,
             eval_interval=float(cfg.eval.interval or 1.0),
             time_limit=cfg.time.limit,
-            evaluate=Evaluation(_driver_evaluator(world), world.num_peers, observer),
+            evaluate=evaluation,
             observer=observer,
+            after_tick=after_tick,
+            resume_at=resume_at,
         )
         outcome.frames["dropped"] = driver.dropped
         return outcome
@@ -990,6 +1015,66 @@ class _Driver:
 
     def state(self) -> HostsState:
         return self._state()
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Every live host's engine and the frames between hosts, at a tick (see
+        :func:`run_virtual`'s ``after_tick``), with what the driver counts."""
+        hosts = self.rt.hosts
+        refs = {h.index: h.actor.checkpoint.remote() for h in hosts if h.alive}
+        try:
+            engines = {i: ray.get(ref) for i, ref in refs.items()}
+            transit = [[ray.get(ref) for ref in refs_] for refs_ in self.transit]
+        except RayActorError as exc:
+            raise RuntimeFailure(f"a PeerHost died while writing a checkpoint: {exc}") from None
+        except RayTaskError as exc:
+            raise _cause(exc) from None
+        return {
+            "engines": engines,
+            "transit": transit,
+            "transit_count": list(self.transit_count),
+            "transit_min": list(self.transit_min),
+            "dropped": self.dropped,
+            "window_end": self.window_end,
+            "hosts": [(h.alive, h.last, h.snapshot) for h in hosts],
+            "failures": list(self.rt.failures),
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Put the hosts (started afresh, in the same plan) back where a checkpoint found
+        them; hosts dead then are killed again."""
+        rt = self.rt
+        if len(state["hosts"]) != len(rt.hosts):
+            raise RuntimeFailure(
+                f"the checkpoint has {len(state['hosts'])} PeerHosts, this run {len(rt.hosts)}"
+            )
+        refs = []
+        for h, (alive, last, snapshot) in zip(rt.hosts, state["hosts"], strict=True):
+            h.last, h.snapshot = last, snapshot
+            if not alive:
+                _kill(h.actor)
+                h.alive = False
+                continue
+            opts = h.options
+            refs.append(
+                h.actor.restore.remote(
+                    state["engines"][h.index],
+                    rt._owner,
+                    opts["device"],
+                    rt.config.runtime.torch_threads,
+                )
+            )
+        try:
+            ray.get(refs, timeout=rt.config.runtime.start_timeout)
+        except RayTaskError as exc:
+            raise _cause(exc) from None
+        except (RayActorError, GetTimeoutError) as exc:
+            raise RuntimeFailure(f"a PeerHost could not be restored: {exc}") from None
+        self.transit = [[ray.put(batch) for batch in batches] for batches in state["transit"]]
+        self.transit_count = list(state["transit_count"])
+        self.transit_min = list(state["transit_min"])
+        self.dropped = int(state["dropped"])
+        self.window_end = float(state["window_end"])
+        rt.failures[:] = state["failures"]
 
     def step(self, cap: float, inclusive: bool) -> HostsState:
         hosts = self.rt.hosts
