@@ -120,8 +120,9 @@ class RunRecorder:
         self.log.info(name, t=t, peer=peer, **fields)
 
     def evaluated(self, rows: list[MetricRow]) -> None:
-        for row in rows:
-            self._metrics.write(json.dumps(finite(_row_dict(row)), allow_nan=False) + "\n")
+        # one write per tick, flushed: a process killed now leaves whole ticks behind
+        lines = [json.dumps(finite(_row_dict(row)), allow_nan=False) + "\n" for row in rows]
+        self._metrics.write("".join(lines))
         self._metrics.flush()
         self.last_rows = rows
         accs = [r.test_acc for r in rows]

@@ -160,7 +160,12 @@ def test_a_killed_run_resumed_from_the_command_line_ends_as_one_left_alone(
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     assert not (killed / "summary.json").exists()  # killed: nothing wrote it
+    # item 3: what was written before the kill survives it, whole lines only
     lines_at_kill = len(read_metrics(killed))
+    assert lines_at_kill >= 3 * 16  # ticks 0, 1 and 2 at least, every peer
+    events = [json.loads(line) for line in (killed / "events.jsonl").read_text().splitlines()]
+    assert events[0]["event"] == "run_started"
+    assert sum(e["event"] == "checkpoint_written" for e in events) >= 2
 
     resumed = _cli("--resume", str(killed))
     out, err = resumed.communicate(timeout=600)
