@@ -22,6 +22,7 @@ from p2pfed.protocol import (
     Event,
     MessageArrived,
     PeerDown,
+    PeerUp,
     Protocol,
     Send,
     SetTimer,
@@ -601,3 +602,20 @@ def test_a_client_reported_down_is_no_longer_waited_for(kind: str) -> None:
         d.step(live[0])
     assert set(range(n + 1)) - {dead} <= d.done
     assert d.protocols[n].progress(d.states[n]) >= 1
+
+
+def test_a_client_back_while_a_round_is_open_gets_the_round_model() -> None:
+    """Issue 8: a client that left and came back mid-round missed the broadcast; the FedAvg
+    coordinator sends it the open round's model at once and waits for it again."""
+    n = 3
+    coordinator = FedAvgCoordinator(n, rounds=2)
+    state = coordinator.initial_state(x0())
+    state, _ = coordinator.on_event(state, PeerDown(1))
+    state, opened = coordinator.on_event(state, Started())
+    assert sorted(e.to for e in opened if isinstance(e, Send)) == [0, 2]  # 1 was away
+    state, effects = coordinator.on_event(state, PeerUp(1))
+    assert [e.to for e in effects if isinstance(e, Send)] == [1]
+    (send,) = effects
+    assert isinstance(send, Send) and isinstance(send.message, GlobalModel)
+    assert send.message.round == 0 and not send.message.final
+    assert not coordinator._all_in(state)  # and it is waited for again

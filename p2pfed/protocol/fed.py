@@ -545,8 +545,13 @@ class FedAvgCoordinator(Protocol[FedAvgState]):
             state.down.add(event.peer)
             if state.phase == "collecting" and self._all_in(state) and state.inbox:
                 return self._aggregate(state)
-        if isinstance(event, PeerUp):
-            state.down.discard(event.peer)  # sent to, and waited for, from the next round
+        if isinstance(event, PeerUp) and 0 <= event.peer < self.num_clients:
+            state.down.discard(event.peer)
+            if state.phase == "collecting" and event.peer not in state.inbox:
+                # back while a round is open: it gets the round's model now and is waited
+                # for (it missed the broadcast while it was away)
+                msg = GlobalModel(round=state.round, params=state.params, final=False)
+                return state, [Send(event.peer, msg)]
         return state, []
 
     def _all_in(self, state: FedAvgState) -> bool:
