@@ -152,10 +152,10 @@ class LocalTrainer:
         state = self.optimizer.state
         params = self.flat.params
         momentum = group["momentum"]
-        buffers = [state[p].get("momentum_buffer") for p in params]
+        buffers: list[torch.Tensor | None] = [state[p].get("momentum_buffer") for p in params]
         with torch.no_grad():
             _functional_sgd(
-                params,
+                list(params),
                 list(grads),
                 buffers,
                 weight_decay=group["weight_decay"],
