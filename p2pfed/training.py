@@ -281,6 +281,10 @@ class Evaluator:
         self.flat.set(params)
         self.model.eval()
         logits = self.model(self._x)  # (T, C)
-        loss = torch.nn.functional.cross_entropy(logits, self._y)
-        acc = (logits.argmax(dim=1) == self._y).float().mean()
+        # mean cross-entropy as logsumexp minus the true class's logit: the same value as
+        # F.cross_entropy, measured 109 against 333 us on (2000, 10) logits on this CPU
+        # (evaluating every peer at every tick was a quarter of a 10,000-peer run)
+        picked = logits.gather(1, self._y[:, None]).squeeze(1)  # (T,)
+        loss = (torch.logsumexp(logits, dim=1) - picked).mean()
+        acc = (logits.max(dim=1).indices == self._y).float().mean()
         return Evaluation(accuracy=float(acc), loss=float(loss))

@@ -59,7 +59,6 @@ import importlib
 import json
 import os
 import statistics
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -69,6 +68,7 @@ from typing import Any
 import numpy as np
 import psutil
 import torch
+from _sampling import Sampler  # scripts/ is on the path when a script runs
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
@@ -217,15 +217,13 @@ def steady_state(
     return Steady((best_2r - best_r) / rounds, pairs, startup, acc)
 
 
-class PeakMemory:
+class PeakMemory(Sampler):
     """Samples the summed PSS (and RSS) of this process and all its descendants in a thread."""
 
     def __init__(self, interval: float = 0.05):
-        self.interval = interval
+        super().__init__(interval)
         self.peak = 0  # summed PSS
         self.peak_rss = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def sample(self) -> int:
         me = psutil.Process()
@@ -238,20 +236,6 @@ class PeakMemory:
         self.peak = max(self.peak, total)
         self.peak_rss = max(self.peak_rss, rss)
         return total
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.sample()
-
-    def __enter__(self) -> PeakMemory:
-        self.sample()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sample()
 
     @property
     def peak_mb(self) -> float:

@@ -12,7 +12,7 @@ import torch
 
 from p2pfed.models import build_model
 from p2pfed.models.config import ModelConfig
-from p2pfed.training import LocalTrainer, TrainingConfig
+from p2pfed.training import Evaluator, LocalTrainer, TrainingConfig
 
 
 def _trained(functional: bool, cfg: dict[str, Any]) -> tuple[np.ndarray, LocalTrainer]:
@@ -49,3 +49,22 @@ def test_the_functional_step_is_the_optimiser_step_bit_for_bit(cfg: dict[str, An
         assert all(b is not None for b in bufs)
         trainer.forget()
         assert not trainer.optimizer.state
+
+
+def test_the_evaluator_scores_as_torch_cross_entropy_and_argmax_would() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((500, 32)).astype(np.float32)
+    y = rng.integers(0, 10, 500)
+    model = build_model(ModelConfig(kind="mlp", hidden=[16]), 32, 10, None, 0)
+    evaluator = Evaluator(model, x, y)
+    for scale in (0.1, 1.0, 30.0):  # large logits: logsumexp must stay stable
+        params = (scale * rng.standard_normal(evaluator.flat.size)).astype(np.float32)
+        got = evaluator.evaluate(params)
+        evaluator.flat.set(params)
+        with torch.no_grad():
+            logits = model(torch.as_tensor(x))
+            labels = torch.as_tensor(y)
+            loss = float(torch.nn.functional.cross_entropy(logits, labels))
+            acc = float((logits.argmax(dim=1) == labels).float().mean())
+        assert got.accuracy == acc
+        assert got.loss == pytest.approx(loss, rel=1e-5)
