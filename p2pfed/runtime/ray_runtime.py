@@ -230,6 +230,11 @@ class PeerHost:
             inbox_taps=[self.recorder.inbox] if keep_inbox else [],
             availability=copy.deepcopy(world.availability),  # it grows its spells lazily
         )
+        return self._info(device)
+
+    def _info(self, device: str) -> dict[str, Any]:
+        """Where this host runs and on what, for the driver (after setup or restore)."""
+        peers = self._engine().peers.values()
         params = [p.trainer.model for p in peers if p.trainer is not None]
         return {
             "host": self.index,
@@ -238,7 +243,7 @@ class PeerHost:
             "device": device,
             "param_device": str(next(params[0].parameters()).device) if params else None,
             "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
-            "peers": len(ids),
+            "peers": len(peers),
         }
 
     def checkpoint(self) -> bytes:
@@ -260,21 +265,12 @@ class PeerHost:
 
         torch.set_num_threads(torch_threads)
         state = checkpoint.loads(data, {"observer": self.recorder, "clock": None})
-        self.engine = engine = state["engine"]
+        self.engine = state["engine"]
         self.directory = state["directory"]
         self.owner = np.array(owner)
         self.num_hosts = int(self.owner.max()) + 1
         self._sent_to = [0] * self.num_hosts
-        trainers = [p.trainer.model for p in engine.peers.values() if p.trainer is not None]
-        return {
-            "host": self.index,
-            "node": ray.get_runtime_context().get_node_id(),
-            "pid": os.getpid(),
-            "device": device,
-            "param_device": str(next(trainers[0].parameters()).device) if trainers else None,
-            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
-            "peers": len(engine.peers),
-        }
+        return self._info(device)
 
     def rehost(self, peers: list[int], index: int, handle: Any) -> None:
         """Wall time: peers ``peers`` live on host ``index`` (``handle``) from now on."""
