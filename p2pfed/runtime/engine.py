@@ -282,19 +282,18 @@ class PeerEngine:
 
     def peers_down(self, ids: Iterable[int], t: float) -> None:
         """Tell every local peer still running, at time ``t``, that peers ``ids`` are gone."""
-        gone = sorted(ids)
-        for i in sorted(self.peers):
-            if not self.peers[i].done:
-                for j in gone:
-                    self._push(t, i, i, _EVENT, PeerDown(j))
+        self._tell(ids, t, PeerDown)
 
     def peers_up(self, ids: Iterable[int], t: float) -> None:
         """Tell every local peer still running, at time ``t``, that peers ``ids`` are back."""
-        back = sorted(ids)
+        self._tell(ids, t, PeerUp)
+
+    def _tell(self, ids: Iterable[int], t: float, news: type[PeerDown | PeerUp]) -> None:
+        about = sorted(ids)
         for i in sorted(self.peers):
             if not self.peers[i].done:
-                for j in back:
-                    self._push(t, i, i, _EVENT, PeerUp(j))
+                for j in about:
+                    self._push(t, i, i, _EVENT, news(j))
 
     def rejoin(self, t: float) -> None:
         """This engine was restored from a checkpoint after its host crashed: every local
