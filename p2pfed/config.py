@@ -147,6 +147,9 @@ class OutputConfig(BaseModel):
     dir: str | None = Field(None, description="run directory; null: runs/<name>-<timestamp>")
     log_level: Literal["debug", "info", "warning"] = "info"
     progress: Literal["auto", "bar", "plain", "off"] = "auto"
+    report: bool = Field(
+        True, description="write RUN_DIR/report.html at the end of the run (p2pfed.report)"
+    )
 
 
 class CheckpointConfig(BaseModel):
@@ -674,3 +677,18 @@ def _config_error(exc: ValidationError, source: str, topo_source: Mapping[str, s
         elif len(loc) == 1:
             where = f"{source} (topology from {topo_source['']})"
     return ConfigError(msg, source=where, key=key)
+
+
+def protection(cfg: ExperimentConfig) -> str:
+    """The run's protection mode as the reports name it: plain, aead, secret-share, secagg,
+    he, dp (update-level) or dp-sgd (per-example), or their combination
+    (``secagg+aead+dp``)."""
+    sec = cfg.security
+    parts = []
+    if sec.secure_aggregation or sec.homomorphic:
+        parts.append(str(sec.aggregation))
+    if sec.channel == "aead":
+        parts.append("aead")
+    if cfg.dp.enabled:
+        parts.append("dp" if cfg.dp.mode == "update" else "dp-sgd")
+    return "+".join(parts) or "plain"

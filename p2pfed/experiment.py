@@ -48,6 +48,7 @@ from p2pfed.config import (
     apply_override,
     config_from_mapping,
     load_config,
+    protection,
 )
 from p2pfed.crypto.fixedpoint import FixedPoint
 from p2pfed.crypto.links import link_guard
@@ -231,6 +232,11 @@ def _streams(seed: int) -> dict[str, np.random.SeedSequence]:
     return dict(zip(_STREAMS, children, strict=True))
 
 
+def topology_seed(seed: int) -> int:
+    """The seed a run of ``seed`` builds its topology schedule with (reports rebuild it)."""
+    return _int_seed(_streams(seed)["topology"])
+
+
 def resolve_device(requested: str) -> str:
     """``cpu`` / ``cuda`` / ``auto`` -> the torch device string peers will use."""
     available = torch.cuda.is_available()
@@ -260,7 +266,7 @@ def build_world(config: ExperimentConfig) -> World:
     n = config.num_peers
     streams = _streams(config.seed)
     with _section("topology"):
-        schedule = build_schedule(config.topology, seed=_int_seed(streams["topology"]))
+        schedule = build_schedule(config.topology, seed=topology_seed(config.seed))
     with _section("data"):
         dataset = load_dataset(config.data, n, np.random.default_rng(streams["data"]))
     with _section("partition"):
@@ -795,6 +801,7 @@ RUN_FILES = (
     "attacks.json",
     "availability.csv",
     "checkpoint.pt",
+    "report.html",
 )
 
 
@@ -1048,6 +1055,7 @@ def _run(
     outcome: RunOutcome | None = None
     reports: list[PeerReport] = []
     summary: dict[str, Any] = {}
+    failure: BaseException | None = None
     timings = {  # wall seconds: building the experiment, starting the runtime, running it
         "build_s": round(built_at - wall0, 3),
         "start_s": round(started_at - built_at, 3),
@@ -1071,6 +1079,7 @@ def _run(
         recorder.log.error(
             "run_failed", t=runtime.now, error=summary["error"], where=summary["failed_at"]["where"]
         )
+        failure = exc
         raise
     else:
         summary = _summary(world, runtime, recorder, outcome, time.perf_counter() - wall0)
@@ -1088,6 +1097,8 @@ def _run(
                 recorder.write_summary(summary)
             finally:
                 recorder.close()
+                if isinstance(failure, Exception):  # not on Ctrl-C: the user wants out
+                    _write_report(cfg, recorder, summary)
     if cfg.observers and outcome is not None:
         # after the runtime let go of its actors; the run's own results are on disk already
         attacked_at = time.perf_counter()
@@ -1100,7 +1111,26 @@ def _run(
             timings["attacks_s"] = round(time.perf_counter() - attacked_at, 3)
             summary["warnings"] = summary.get("warnings", []) + _attack_warnings(summary)
             recorder.write_summary(summary)
+    _write_report(cfg, recorder, summary)
     return Result(run_dir=run_dir, config=cfg, summary=summary)
+
+
+def _write_report(cfg: ExperimentConfig, recorder: RunRecorder, summary: dict[str, Any]) -> None:
+    """``RUN_DIR/report.html`` (``output.report``), of a finished or a failed run. A report
+    that cannot be drawn costs nothing measured: the run directory is complete by now, and
+    the reason goes into the summary's warnings (which ``p2pfed run`` prints)."""
+    if not cfg.output.report:
+        return
+    from p2pfed.report import write_report
+
+    try:
+        write_report(recorder.run_dir)
+    except Exception as exc:
+        summary["warnings"] = [
+            *summary.get("warnings", []),
+            f"the report could not be written: {type(exc).__name__}: {exc}",
+        ]
+        recorder.write_summary(summary)
 
 
 def _failed_at(exc: BaseException, now: float) -> dict[str, Any]:
@@ -1249,21 +1279,6 @@ def adversary_logs(cfg: ExperimentConfig) -> list[FrameLog | None]:
         else:
             logs.append(None)
     return logs
-
-
-def protection(cfg: ExperimentConfig) -> str:
-    """The run's protection mode as the reports name it: plain, aead, secret-share, secagg,
-    he, dp (update-level) or dp-sgd (per-example), or their combination
-    (``secagg+aead+dp``)."""
-    sec = cfg.security
-    parts = []
-    if sec.secure_aggregation or sec.homomorphic:
-        parts.append(str(sec.aggregation))
-    if sec.channel == "aead":
-        parts.append("aead")
-    if cfg.dp.enabled:
-        parts.append("dp" if cfg.dp.mode == "update" else "dp-sgd")
-    return "+".join(parts) or "plain"
 
 
 def _robustness(world: World, outcome: RunOutcome, summary: dict[str, Any]) -> dict[str, Any]:

@@ -11,6 +11,7 @@
       summary.json           final accuracy, virtual and wall time, messages, bytes, status
       availability.csv       with churn or a trace: every down spell (peer, down, up, how)
       checkpoint.pt          the latest checkpoint (p2pfed.checkpoint; --resume goes on from it)
+      report.html            the self-contained HTML report (p2pfed.report; output.report)
 
 Metrics are flushed at every tick, every event line as it is logged, and the edge table and
 summary are written even when a run fails, so nothing measured so far is lost; a resumed run

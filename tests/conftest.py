@@ -27,7 +27,8 @@ def small_config(**sections: dict) -> dict:  # type: ignore[type-arg]
         "model": {"kind": "logreg"},
         "protocol": {"kind": "dpsgd", "rounds": 4},
         "training": {"lr": 0.1, "batch_size": 32, "local_steps": 3},
-        "output": {"progress": "off"},
+        # reports are drawn by their own tests: 1-2 s of matplotlib per run adds up here
+        "output": {"progress": "off", "report": False},
     }
     for key, value in sections.items():
         cfg[key] = {**cfg.get(key, {}), **value}

@@ -71,7 +71,9 @@ def _kind_of(topology: Topology) -> str:
     return topology.name.split("(", 1)[0]
 
 
-def _positions(topology: Topology) -> dict[int, Any]:
+def layout(topology: Topology) -> dict[int, Any]:
+    """Node positions for drawing: a grid for a torus, a circle for ring-like kinds, a
+    shell for a star, a seeded spring layout otherwise."""
     kind = _kind_of(topology)
     graph = topology.to_networkx()
     if kind == "torus":
@@ -102,7 +104,7 @@ def draw(topology: Topology, path: str | os.PathLike[str], *, title: str | None 
     from matplotlib.patches import FancyArrowPatch
 
     n = topology.n
-    pos = _positions(topology)
+    pos = layout(topology)
     node_area = 320.0 if n <= 16 else 180.0 if n <= 32 else 60.0
     node_radius_pt = math.sqrt(node_area) / 2
 
