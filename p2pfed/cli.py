@@ -5,6 +5,10 @@
     p2pfed run [CONFIG] [--set path.to.key=value ...] [--out DIR] [--progress MODE]
                [--address auto|HOST:PORT] [--overwrite]
     p2pfed run --resume RUN_DIR [--progress MODE]
+    p2pfed report RUN_DIR [--out FILE]
+    p2pfed compare RUN_DIR... [--out FILE]
+    p2pfed sweep [CONFIG] --grid path.to.key=v1,v2 [--grid ...] [--set ...] [--out DIR]
+                 [--parallel N] [--address auto|HOST:PORT] [--progress MODE] [--overwrite]
     p2pfed topology show FILE [--png PATH] [--seed N]
 
 Exit codes: 0 success; 1 the run failed; 2 bad input (config, topology file, overrides) —
@@ -62,6 +66,51 @@ def _parser() -> argparse.ArgumentParser:
         "to, HOST:PORT its head node (sets runtime.kind=ray and runtime.address)",
     )
 
+    report = sub.add_parser("report", help="write the HTML report of a run directory")
+    report.add_argument("run_dir", metavar="RUN_DIR")
+    report.add_argument("--out", help="where to write it (default: RUN_DIR/report.html)")
+
+    compare = sub.add_parser("compare", help="put runs side by side in one HTML report")
+    compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    compare.add_argument("--out", default="comparison.html", help="default: ./comparison.html")
+
+    sweep = sub.add_parser(
+        "sweep",
+        help="run a grid of experiments in parallel on Ray, with their comparison report",
+    )
+    sweep.add_argument("config", nargs="?", help="experiment YAML (default: the embedded default)")
+    sweep.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        required=True,
+        metavar="KEY=V1,V2",
+        help="a config key and the values to sweep it over (repeatable: the grid is the "
+        "product), e.g. --grid protocol.kind=dpsgd,gossip",
+    )
+    sweep.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value in every run (repeatable)",
+    )
+    sweep.add_argument("--out", help="sweep directory (default: sweeps/<CONFIG stem>)")
+    sweep.add_argument("--parallel", type=int, help="runs at a time (default: Ray's CPUs)")
+    sweep.add_argument(
+        "--address",
+        metavar="auto|HOST:PORT",
+        help="run on a Ray cluster ('auto': the one this machine belongs to) instead of a "
+        "private instance on this machine",
+    )
+    sweep.add_argument("--progress", choices=["auto", "bar", "plain", "off"], default="auto")
+    sweep.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start the sweep in --out afresh (its earlier runs are removed)",
+    )
+
     topo = sub.add_parser("topology", help="inspect topology files")
     topo_sub = topo.add_subparsers(dest="topology_command", required=True)
     show = topo_sub.add_parser("show", help="print a topology's statistics and draw it")
@@ -77,6 +126,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _cmd_run(args)
+        if args.command == "report":
+            return _cmd_report(args)
+        if args.command == "compare":
+            return _cmd_compare(args)
+        if args.command == "sweep":
+            return _cmd_sweep(args)
         return _cmd_topology_show(args)
     except ConfigError as exc:
         print(f"p2pfed: config error: {exc}", file=sys.stderr)
@@ -148,11 +203,60 @@ def _cmd_run(args: argparse.Namespace) -> int:
             f"privacy       : epsilon <= {privacy['epsilon_max']:.3g} at delta "
             f"{privacy['delta']:g} ({privacy['mode']} DP, sigma {privacy['noise_multiplier']:g})"
         )
+    robust = s.get("robustness")
+    if robust:
+        print(
+            f"robustness    : honest peers mean {robust['honest_mean_acc']:.4f}  min "
+            f"{robust['honest_min_acc']:.4f}  (rule {robust['rule']}, "
+            f"{robust['poisoned']} messages poisoned, {robust['robust_clipped']} clipped, "
+            f"{robust['robust_rejected']} rejected)"
+        )
     for row in s.get("attacks", []):
         print(f"attack        : {attack_line(row)}")
     for warning in s.get("warnings", []):
         print(f"warning       : {warning}")
+    report = Path(result.run_dir) / "report.html"
+    if report.exists():
+        print(f"report        : {report}")
     return EXIT_OK if s["status"] == "completed" else EXIT_FAILED
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from p2pfed.report import write_report
+
+    print(f"report        : {write_report(args.run_dir, args.out)}")
+    return EXIT_OK
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from p2pfed.report import write_comparison
+
+    print(f"comparison    : {write_comparison(args.run_dirs, args.out)}")
+    return EXIT_OK
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from p2pfed.sweep import parse_grid, sweep
+
+    out = args.out or str(Path("sweeps") / (Path(args.config).stem if args.config else "default"))
+    result = sweep(
+        args.config,
+        parse_grid(args.grid),
+        out=out,
+        overrides=args.overrides,
+        address=args.address,
+        parallel=args.parallel,
+        progress=args.progress,
+        overwrite=args.overwrite,
+    )
+    for rec in result.runs:
+        acc = (rec.headline or {}).get("mean_acc")
+        figure = f"mean acc {acc:.4f}" if isinstance(acc, float) else rec.error or ""
+        print(f"{rec.status:<10} {rec.name}  {figure}")
+    print(f"sweep directory: {result.out}")
+    if result.comparison is not None:
+        print(f"comparison     : {result.comparison}")
+    return EXIT_FAILED if result.failed else EXIT_OK
 
 
 def attack_line(row: dict[str, Any]) -> str:

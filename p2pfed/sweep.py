@@ -1,0 +1,601 @@
+"""Parameter sweeps: one experiment over a grid of config values, the runs in parallel on Ray.
+
+``p2pfed sweep CONFIG --grid protocol.kind=dpsgd,gossip --grid partition.alpha=0.1,1.0``
+runs every combination of the values (the Cartesian product, the first key varying
+slowest), each as an ordinary run of :func:`p2pfed.experiment.run` with the point's values
+applied as overrides after ``--set``'s. Values are YAML text, as in ``--set``.
+
+The sweep directory::
+
+    OUT/
+      sweep.json        what was asked (the config file's absolute path and the SHA-256 of
+                        its text, the overrides, the grid) and every run: name, grid point,
+                        status (pending, completed, failed), error, headline numbers;
+                        written before the first run starts, rewritten (atomically) as
+                        each run ends
+      000-protocol.kind=dpsgd,partition.alpha=0.1/
+      001-protocol.kind=dpsgd,partition.alpha=1.0/
+      ...               one run directory per grid point (see p2pfed.results): its index,
+                        then its values, characters unsafe in file names replaced by _
+      comparison.html   the comparison report of the finished runs (p2pfed.report)
+
+Resuming: running the same sweep again (same config text, overrides and grid) goes on where
+the last one stopped. A run whose ``summary.json`` says it finished (``completed``, or
+``time_limit``: a finished run too) is skipped; a run with a ``checkpoint.pt`` and no
+``summary.json`` (killed midway) goes on from its checkpoint with
+:func:`p2pfed.experiment.resume`; anything else (failed, never started, no checkpoint yet)
+runs again from the start. A ``sweep.json`` that asked for something else is refused:
+``overwrite`` removes the run directories it lists (and its ``comparison.html``), nothing
+else. A non-empty ``OUT`` without a ``sweep.json`` is refused unless ``overwrite``.
+
+Why Ray tasks: each experiment trains its peers single-threaded in one process
+(``runtime.torch_threads``, 1 by default: many small models train fastest that way), so a
+sweep is embarrassingly parallel and one run per core is the best use of a machine or a
+cluster. Each run is one task reserving one CPU; Ray places them and keeps at most
+``parallel`` (default: the cluster's CPUs) in flight. A run inside a task is always
+in-process (``runtime.kind: ray`` is refused: it would start actors from inside a task).
+The driver resolves every point's config before anything runs, so a bad grid fails at once,
+and ships the resolved config to the task (topology files inlined, data paths absolute),
+so nothing depends on the worker's working directory. On a cluster, ``OUT`` must be on a
+file system every node sees.
+
+A run that raises, or whose worker dies, is recorded as failed with its error and the
+others go on; tasks are not retried (running the sweep again retries, from a checkpoint
+where there is one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import json
+import os
+import re
+import shutil
+import sys
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Literal
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from p2pfed.config import DEFAULT_SOURCE, ExperimentConfig, load_config
+from p2pfed.errors import CheckpointError, ConfigError
+
+#: the sweep's own record, in its directory
+SWEEP_FILE = "sweep.json"
+#: the comparison report of the completed runs, in the sweep directory
+COMPARISON_FILE = "comparison.html"
+#: a run whose summary says one of these has finished (``resume`` refuses it)
+FINISHED = ("completed", "time_limit")
+# longest run directory name before the index: file systems allow 255 bytes
+_LABEL_MAX = 120
+_UNSAFE = re.compile(r"[^A-Za-z0-9._,=+-]")
+_PROGRESS = ("auto", "bar", "plain", "off")
+_FORMAT = 1  # sweep.json's layout
+
+Grid = list[tuple[str, list[str]]]
+RunStatus = Literal["completed", "failed", "skipped"]
+Action = Literal["run", "resume", "skip"]
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One grid point's run as a sweep left it.
+
+    ``status``: ``completed`` (ran now, or resumed from its checkpoint, and finished),
+    ``failed`` (``error`` says why) or ``skipped`` (finished in an earlier sweep).
+    ``headline``: final mean and min accuracy, total bytes, virtual and wall time.
+    """
+
+    name: str
+    point: dict[str, str]
+    run_dir: Path
+    status: RunStatus
+    error: str | None = None
+    headline: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        return self.status != "failed"
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """What :func:`sweep` returns: the sweep directory, every run, the comparison report
+    (``None`` when no run finished)."""
+
+    out: Path
+    runs: list[SweepRun]
+    comparison: Path | None = None
+
+    @property
+    def failed(self) -> list[SweepRun]:
+        return [r for r in self.runs if r.status == "failed"]
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """A grid point, its resolved config, and what the sweep will do with it."""
+
+    name: str
+    point: dict[str, str]
+    run_dir: Path
+    config: ExperimentConfig
+    action: Action
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """What :func:`prepare` decided: the sweep directory, its record, every run."""
+
+    out: Path
+    record: dict[str, Any]  # sweep.json's contents
+    runs: list[PlannedRun]
+    source: str  # the config as named in error messages
+
+
+# --- the grid -----------------------------------------------------------------------------
+
+
+def parse_grid(items: Sequence[str]) -> Grid:
+    """Parse ``path.to.key=v1,v2,...`` items (``--grid``) into ``[(key, [values])]``.
+
+    Values stay text: each is parsed as YAML when applied, like ``--set``'s. A comma always
+    separates values, so a list cannot be a value here.
+    """
+    grid: Grid = []
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"{item!r} must look like path.to.key=v1,v2,...", source="--grid")
+        key, _, text = item.partition("=")
+        key = key.strip()
+        if not all(key.split(".")):
+            raise ConfigError(f"{item!r} has an empty key part", source="--grid")
+        if not text.strip():
+            raise ConfigError(f"{item!r} gives no values", source="--grid", key=key)
+        grid.append((key, [v.strip() for v in text.split(",")]))
+    _check_grid(grid)
+    return grid
+
+
+def _check_grid(grid: Sequence[tuple[str, Sequence[str]]]) -> None:
+    seen: set[str] = set()
+    for key, values in grid:
+        if key in seen:
+            raise ConfigError(
+                "given twice; list all its values in one --grid", source="--grid", key=key
+            )
+        seen.add(key)
+        if not values:
+            raise ConfigError("no values", source="--grid", key=key)
+        if any(not v.strip() for v in values):
+            raise ConfigError(
+                "an empty value (two commas in a row, or one at an end)", source="--grid", key=key
+            )
+        twice = sorted({v for v in values if values.count(v) > 1})
+        if twice:
+            raise ConfigError(f"value {twice[0]!r} given twice", source="--grid", key=key)
+
+
+def grid_points(grid: Sequence[tuple[str, Sequence[str]]]) -> list[dict[str, str]]:
+    """Every combination of the grid's values, the first key varying slowest."""
+    keys = [k for k, _ in grid]
+    return [
+        dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(v for _, v in grid))
+    ]
+
+
+def run_names(points: Sequence[dict[str, str]]) -> list[str]:
+    """One directory name per point: a zero-padded index (unique, sorts in grid order), then
+    ``key=value`` pairs joined by commas, with characters unsafe in file names replaced by
+    ``_`` and long labels cut (the index keeps them unique)."""
+    width = max(3, len(str(len(points) - 1)))
+    names = []
+    for i, point in enumerate(points):
+        label = _UNSAFE.sub("_", ",".join(f"{k}={v}" for k, v in point.items()))[:_LABEL_MAX]
+        names.append(f"{i:0{width}d}-{label}" if label else f"{i:0{width}d}")
+    return names
+
+
+def headline(summary: dict[str, Any]) -> dict[str, Any]:
+    """The numbers a sweep shows per run, from its ``summary.json``."""
+    final = summary.get("final") or {}
+    return {
+        "mean_acc": final.get("mean_acc"),
+        "min_acc": final.get("min_acc"),
+        "bytes_total": (summary.get("bytes") or {}).get("total"),
+        "virtual_time": summary.get("virtual_time"),
+        "wall_time_s": summary.get("wall_time_s"),
+    }
+
+
+# --- planning (no Ray) --------------------------------------------------------------------
+
+
+def prepare(
+    config: str | Path | None,
+    grid: Sequence[tuple[str, Sequence[str]]],
+    *,
+    out: str | Path,
+    overrides: Sequence[str] = (),
+    overwrite: bool = False,
+) -> SweepPlan:
+    """Validate every point's config, check ``out`` and write its ``sweep.json``; decide
+    each run's action (see the module docstring for the resume rules). Starts nothing."""
+    _check_grid(grid)
+    if not grid:
+        raise ConfigError("a sweep needs at least one --grid key=v1,v2,...", source="--grid")
+    out = Path(out)
+    points = grid_points(grid)
+    names = run_names(points)
+    source = str(config) if config is not None else DEFAULT_SOURCE
+    configs = [
+        _resolve(config, overrides, p, n, source) for p, n in zip(points, names, strict=True)
+    ]
+    record: dict[str, Any] = {
+        "format": _FORMAT,
+        **_identity(config, overrides, grid),
+        "runs": [
+            {"name": n, "point": p, "status": "pending", "error": None, "headline": {}}
+            for n, p in zip(names, points, strict=True)
+        ],
+        "comparison": None,
+    }
+    fresh = _claim(out, record, overwrite)
+    runs = []
+    for entry, cfg in zip(record["runs"], configs, strict=True):
+        run_dir = out / entry["name"]
+        action: Action = "run" if fresh else _action(run_dir)
+        if action == "skip":
+            entry["status"] = "completed"
+            entry["headline"] = headline(_summary(run_dir) or {})
+        runs.append(PlannedRun(entry["name"], entry["point"], run_dir, cfg, action))
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / SWEEP_FILE, record)
+    return SweepPlan(out, record, runs, source)
+
+
+def _resolve(
+    config: str | Path | None,
+    overrides: Sequence[str],
+    point: dict[str, str],
+    name: str,
+    source: str,
+) -> ExperimentConfig:
+    """One point's config, resolved here in the driver: a bad grid fails before any run."""
+    try:
+        cfg = load_config(config, [*overrides, *(f"{k}={v}" for k, v in point.items())])
+    except ConfigError as exc:
+        raise ConfigError(
+            f"{exc.message} (grid point {name})", source=exc.source, key=exc.key
+        ) from None
+    if cfg.runtime.kind == "ray":
+        raise ConfigError(
+            "a sweep runs each experiment in-process inside one Ray task; use runtime.kind local",
+            source=source,
+            key="runtime.kind",
+        )
+    return cfg
+
+
+def _identity(
+    config: str | Path | None, overrides: Sequence[str], grid: Sequence[tuple[str, Sequence[str]]]
+) -> dict[str, Any]:
+    """What makes two sweeps the same sweep (so the second may go on from the first)."""
+    path = Path(config).resolve() if config is not None else None
+    digest = hashlib.sha256(path.read_bytes()).hexdigest() if path is not None else None
+    return {
+        "config": str(path) if path is not None else None,
+        "config_sha256": digest,
+        "overrides": list(overrides),
+        "grid": [{"key": k, "values": list(v)} for k, v in grid],
+    }
+
+
+_IDENTITY = {  # sweep.json's keys that make a sweep, and what they are called
+    "config": "config file",
+    "config_sha256": "config text",
+    "overrides": "overrides",
+    "grid": "grid",
+}
+
+
+def _claim(out: Path, record: dict[str, Any], overwrite: bool) -> bool:
+    """Check what ``out`` holds; returns whether every run starts afresh (``False``: the
+    same sweep is there already and goes on)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} is a file, not a directory", source="--out")
+    old_file = out / SWEEP_FILE
+    if old_file.exists():
+        old = _read_json(old_file)
+        same = old is not None and all(old.get(k) == record[k] for k in _IDENTITY)
+        if same and not overwrite:
+            return False
+        if not same and not overwrite:
+            differs = (
+                "its sweep.json cannot be read"
+                if old is None
+                else "different "
+                + ", ".join(label for k, label in _IDENTITY.items() if old.get(k) != record[k])
+            )
+            raise ConfigError(
+                f"{out} holds another sweep ({differs}); choose another --out, or pass "
+                "--overwrite to replace it (that deletes the run directories its sweep.json lists)",
+                source="--out",
+            )
+        _remove_runs(out, old)
+        return True
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(
+            f"{out} is not empty and holds no sweep; choose another --out or pass --overwrite",
+            source="--out",
+        )
+    return True
+
+
+def _remove_runs(out: Path, old: dict[str, Any] | None) -> None:
+    """Delete the run directories an old ``sweep.json`` lists (plain names inside ``out``
+    only) and its comparison report; nothing else."""
+    runs = old.get("runs") if old is not None else None
+    for entry in runs if isinstance(runs, list) else []:
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
+            continue
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+    (out / COMPARISON_FILE).unlink(missing_ok=True)
+
+
+def _summary(run_dir: Path) -> dict[str, Any] | None:
+    data = _read_json(run_dir / "summary.json")
+    return data if isinstance(data, dict) else None
+
+
+def _action(run_dir: Path) -> Action:
+    summary = _summary(run_dir)
+    if summary is not None and summary.get("status") in FINISHED:
+        return "skip"
+    if summary is None and (run_dir / "checkpoint.pt").is_file():
+        return "resume"
+    return "run"
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Write whole or not at all: a temporary file renamed over the old one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+# --- running ------------------------------------------------------------------------------
+
+
+def run_point(
+    config: ExperimentConfig, run_dir: str, action: Action, source: str
+) -> dict[str, Any]:
+    """One grid point, in this process (the body of a sweep's Ray task): run it, or resume
+    it from its checkpoint (from the start if the checkpoint cannot be used). Returns its
+    status and headline, or the error that stopped it; never raises."""
+    from p2pfed.experiment import resume, run
+
+    try:
+        result = None
+        if action == "resume":
+            with contextlib.suppress(CheckpointError):  # unusable: start again instead
+                result = resume(run_dir, progress="off")
+        if result is None:
+            result = run(config, out=run_dir, progress="off", overwrite=True)
+    except ConfigError as exc:
+        if exc.source == "<config>":  # the resolved config object: name the file instead
+            exc = ConfigError(exc.message, source=source, key=exc.key)
+        return {"status": "failed", "error": f"ConfigError: {exc}"}
+    except Exception as exc:
+        return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+    status = result.summary.get("status")
+    return {
+        "status": "completed" if status in FINISHED else "failed",
+        "error": None if status in FINISHED else f"the run ended with status {status}",
+        "headline": headline(result.summary),
+    }
+
+
+def sweep(
+    config: str | Path | None,
+    grid: Sequence[tuple[str, Sequence[str]]],
+    *,
+    out: str | Path,
+    overrides: Sequence[str] = (),
+    address: str | None = None,
+    parallel: int | None = None,
+    progress: str = "auto",
+    overwrite: bool = False,
+) -> SweepResult:
+    """Run ``config`` at every point of ``grid`` as Ray tasks, at most ``parallel`` at once
+    (default: the cluster's CPUs), into ``out`` (one run directory per point, ``sweep.json``,
+    ``comparison.html``); go on with a partly finished sweep there (module docstring).
+
+    ``address`` as for ``p2pfed run --address``: ``None`` starts a private Ray instance
+    (shut down at the end), ``auto`` or ``HOST:PORT`` joins a cluster; an instance already
+    running in this process is used as it is. ``progress``: ``auto`` (a bar on a terminal,
+    lines otherwise), ``bar``, ``plain`` or ``off``, on stderr. A bad grid, config or
+    ``out`` raises :class:`~p2pfed.errors.ConfigError` before anything runs; a failed run
+    does not raise (see :attr:`SweepResult.failed`).
+    """
+    if progress not in _PROGRESS:
+        raise ConfigError(f"{progress!r} is not one of {', '.join(_PROGRESS)}", source="--progress")
+    if parallel is not None and parallel < 1:
+        raise ConfigError(f"must be at least 1, not {parallel}", source="--parallel")
+    plan = prepare(config, grid, out=out, overrides=overrides, overwrite=overwrite)
+    runs: dict[int, SweepRun] = {
+        i: SweepRun(
+            p.name, p.point, p.run_dir, "skipped", headline=plan.record["runs"][i]["headline"]
+        )
+        for i, p in enumerate(plan.runs)
+        if p.action == "skip"
+    }
+    todo = deque(i for i, p in enumerate(plan.runs) if p.action != "skip")
+    with _SweepProgress(progress, len(plan.runs), len(runs)) as bar:
+        if todo:
+            _execute(plan, todo, runs, address, parallel, bar)
+    ordered = [runs[i] for i in range(len(plan.runs))]
+    comparison = None
+    done = [r.run_dir for r in ordered if r.finished]
+    if done:
+        from p2pfed.report import write_comparison
+
+        comparison = write_comparison(done, plan.out / COMPARISON_FILE)
+        plan.record["comparison"] = COMPARISON_FILE
+        _write_json(plan.out / SWEEP_FILE, plan.record)
+    return SweepResult(plan.out, ordered, comparison)
+
+
+def _execute(
+    plan: SweepPlan,
+    todo: deque[int],
+    runs: dict[int, SweepRun],
+    address: str | None,
+    parallel: int | None,
+    bar: _SweepProgress,
+) -> None:
+    """Run the pending points as Ray tasks, recording each as it ends."""
+    import ray
+    from ray.exceptions import RayError
+
+    from p2pfed.runtime.ray_runtime import connect
+
+    started = connect(address)
+    in_flight: dict[Any, int] = {}
+    try:
+        limit = parallel or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        # a worker that dies is not retried: the failure is recorded, a rerun retries it
+        task = ray.remote(num_cpus=1, max_retries=0)(run_point)
+        while todo or in_flight:
+            while todo and len(in_flight) < limit:
+                i = todo.popleft()
+                p = plan.runs[i]
+                ref = task.remote(p.config, str(p.run_dir.resolve()), p.action, plan.source)
+                in_flight[ref] = i
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            for ref in ready:
+                i = in_flight.pop(ref)
+                try:
+                    outcome = ray.get(ref)
+                except RayError as exc:
+                    reason = (str(exc).strip().splitlines() or [""])[0][:500]
+                    outcome = {"status": "failed", "error": f"{type(exc).__name__}: {reason}"}
+                p = plan.runs[i]
+                runs[i] = SweepRun(
+                    p.name,
+                    p.point,
+                    p.run_dir,
+                    outcome["status"],
+                    outcome.get("error"),
+                    outcome.get("headline") or {},
+                )
+                entry = plan.record["runs"][i]
+                entry.update(
+                    status=outcome["status"],
+                    error=outcome.get("error"),
+                    headline=outcome.get("headline") or {},
+                )
+                _write_json(plan.out / SWEEP_FILE, plan.record)
+                bar.finished(len(runs), runs[i])
+    except BaseException:
+        for ref in in_flight:  # interrupted: their run directories resume next time
+            ray.cancel(ref, force=True)
+        raise
+    finally:
+        if started:
+            ray.shutdown()
+
+
+class _SweepProgress:
+    """Runs ended against the total: a rich bar, one line per run, or nothing (stderr)."""
+
+    def __init__(self, mode: str, total: int, skipped: int, stream: IO[str] | None = None):
+        self.stream = stream or sys.stderr
+        if mode == "auto":
+            mode = "bar" if self.stream.isatty() else "plain"
+        self.mode = mode
+        self.total = total
+        self.skipped = skipped
+        self.failures = 0
+        self._bar: Progress | None = None
+        self._task: Any = None
+
+    def __enter__(self) -> _SweepProgress:
+        if self.mode == "bar":
+            self._bar = Progress(
+                TextColumn("[bold]sweep"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total} runs"),
+                TextColumn("{task.fields[failed]} failed"),
+                TimeElapsedColumn(),
+                console=Console(file=self.stream),  # stderr: stdout is for results
+                transient=False,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task(
+                "sweep", total=self.total, completed=self.skipped, failed=0
+            )
+        elif self.mode == "plain" and self.skipped:
+            print(
+                f"sweep: {self.skipped}/{self.total} done already (skipped)",
+                file=self.stream,
+                flush=True,
+            )
+        return self
+
+    def finished(self, done: int, run: SweepRun) -> None:
+        self.failures += run.status == "failed"
+        if self._bar is not None:
+            self._bar.update(self._task, completed=done, failed=self.failures)
+        elif self.mode == "plain":
+            if run.status == "failed":
+                tail = f"failed: {run.error}"
+            else:
+                acc = run.headline.get("mean_acc")
+                tail = f"{run.status}, mean acc {acc:.3f}" if acc is not None else run.status
+            print(
+                f"sweep: {done}/{self.total} done: {run.name} {tail}", file=self.stream, flush=True
+            )
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+__all__ = [
+    "COMPARISON_FILE",
+    "SWEEP_FILE",
+    "PlannedRun",
+    "SweepPlan",
+    "SweepResult",
+    "SweepRun",
+    "grid_points",
+    "headline",
+    "parse_grid",
+    "prepare",
+    "run_names",
+    "run_point",
+    "sweep",
+]
