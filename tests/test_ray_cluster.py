@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,8 @@ from pathlib import Path
 import pytest
 
 pytestmark = pytest.mark.ray
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
 
 def test_hosts_spread_over_both_nodes_of_a_cluster(tmp_path: Path) -> None:
@@ -24,14 +27,20 @@ def test_hosts_spread_over_both_nodes_of_a_cluster(tmp_path: Path) -> None:
         cluster.wait_for_nodes()
         nodes = {node.node_id for node in cluster.list_all_nodes()}
         assert len(nodes) == 2
+        # the README's cluster command, with this cluster's head for HEAD_IP:6379
+        [line] = [
+            ln for ln in README.splitlines() if ln.startswith(".venv/bin/p2pfed run --address")
+        ]
+        readme_argv = [
+            a.replace("HEAD_IP:6379", cluster.address) for a in shlex.split(line, comments=True)
+        ]
+        assert readme_argv[1:4] == ["run", "--address", cluster.address]
         out = subprocess.run(
             [
                 sys.executable,
                 "-m",
                 "p2pfed.cli",
-                "run",
-                "--address",
-                cluster.address,
+                *readme_argv[1:],
                 "--out",
                 str(tmp_path / "run"),
                 "--progress",
