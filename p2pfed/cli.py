@@ -39,15 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run an experiment and write its run directory")
-    run.add_argument("config", nargs="?", help="experiment YAML (default: the embedded default)")
-    run.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set protocol.rounds=20 (repeatable)",
-    )
+    _add_config_arguments(run, "override a config value, e.g. --set protocol.rounds=20")
     run.add_argument("--out", help="run directory (default: output.dir or runs/NAME-TIME)")
     run.add_argument("--progress", choices=["auto", "bar", "plain", "off"], help="progress display")
     run.add_argument(
@@ -78,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
         "sweep",
         help="run a grid of experiments in parallel on Ray, with their comparison report",
     )
-    sweep.add_argument("config", nargs="?", help="experiment YAML (default: the embedded default)")
+    _add_config_arguments(sweep, "override a config value in every run")
     sweep.add_argument(
         "--grid",
         action="append",
@@ -87,14 +79,6 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=V1,V2",
         help="a config key and the values to sweep it over (repeatable: the grid is the "
         "product), e.g. --grid protocol.kind=dpsgd,gossip",
-    )
-    sweep.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value in every run (repeatable)",
     )
     sweep.add_argument("--out", help="sweep directory (default: sweeps/<CONFIG stem>)")
     sweep.add_argument("--parallel", type=int, help="runs at a time (default: Ray's CPUs)")
@@ -118,6 +102,19 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--png", help="where to write the drawing (default: ./<FILE stem>.png)")
     show.add_argument("--seed", type=int, default=0, help="seed for random topologies")
     return parser
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser, set_help: str) -> None:
+    """CONFIG and ``--set``, as ``run`` and ``sweep`` take them."""
+    parser.add_argument("config", nargs="?", help="experiment YAML (default: the embedded default)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"{set_help} (repeatable)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,41 +4,71 @@ from __future__ import annotations
 
 import sys
 from types import TracebackType
-from typing import IO, Literal
+from typing import IO, Literal, Self
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
 
 ProgressMode = Literal["auto", "bar", "plain", "off"]
 
 
-class ProgressReporter:
-    """Shows completed local rounds (summed over peers) against the total."""
+class ProgressDisplay:
+    """A rich bar on an interactive console, plain lines otherwise, or nothing (``off``);
+    always on stderr, since stdout is for results. Subclasses give the bar's columns and
+    report into ``self._bar`` or print plain lines."""
 
-    def __init__(self, mode: ProgressMode, label: str, stream: IO[str] | None = None):
+    def __init__(self, mode: str, stream: IO[str] | None = None):
         self.stream = stream or sys.stderr
         if mode == "auto":
             mode = "bar" if self.stream.isatty() else "plain"
         self.mode = mode
-        self.label = label
         self._bar: Progress | None = None
+
+    def _columns(self) -> list[ProgressColumn]:
+        raise NotImplementedError
+
+    def _started(self) -> None:
+        """Called once the display is up (a bar started, or plain/off mode entered)."""
+
+    def __enter__(self) -> Self:
+        if self.mode == "bar":
+            self._bar = Progress(
+                *self._columns(),
+                TimeElapsedColumn(),
+                console=Console(file=self.stream),
+                transient=False,
+            )
+            self._bar.start()
+        self._started()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+class ProgressReporter(ProgressDisplay):
+    """Shows completed local rounds (summed over peers) against the total."""
+
+    def __init__(self, mode: ProgressMode, label: str, stream: IO[str] | None = None):
+        super().__init__(mode, stream)
+        self.label = label
         self._task: int | None = None
         self._last_decile = -1
         self._last_completed = -1
 
-    def __enter__(self) -> ProgressReporter:
-        if self.mode == "bar":
-            self._bar = Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                TextColumn("{task.completed}/{task.total} rounds"),
-                TextColumn("t={task.fields[t]:.1f}s virtual"),
-                TimeElapsedColumn(),
-                console=Console(file=self.stream),  # stderr: stdout is for results
-                transient=False,
-            )
-            self._bar.start()
-        return self
+    def _columns(self) -> list[ProgressColumn]:
+        return [
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} rounds"),
+            TextColumn("t={task.fields[t]:.1f}s virtual"),
+        ]
 
     def update(self, t: float, completed: int, total: int) -> None:
         if completed == self._last_completed:
@@ -58,12 +88,3 @@ class ProgressReporter:
                     file=self.stream,
                     flush=True,
                 )
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._bar is not None:
-            self._bar.stop()

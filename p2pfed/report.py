@@ -403,7 +403,7 @@ def plot_topology(run: RunData) -> str:
         spot = np.mean(mids, axis=0)
         away = spot - centre
         norm = float(np.linalg.norm(away))
-        spot = spot + (away / norm if norm > 1e-9 else np.array([1.0, 0.0])) * 0.18 * span
+        spot = spot + (away / norm if norm > 1e-9 else np.array([1.0, 0.0])) * 0.3 * span
         spot = spot + np.array([0.0, 0.06 * span * slot])
         lines = [(spot, m) for m in mids]
         ax.add_collection(

@@ -53,19 +53,17 @@ import json
 import os
 import re
 import shutil
-import sys
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any, Literal
 
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, ProgressColumn, TextColumn
 
 from p2pfed.config import DEFAULT_SOURCE, ExperimentConfig, load_config
 from p2pfed.errors import CheckpointError, ConfigError
+from p2pfed.progress import ProgressDisplay
 
 #: the sweep's own record, in its directory
 SWEEP_FILE = "sweep.json"
@@ -523,32 +521,26 @@ def _execute(
             ray.shutdown()
 
 
-class _SweepProgress:
+class _SweepProgress(ProgressDisplay):
     """Runs ended against the total: a rich bar, one line per run, or nothing (stderr)."""
 
     def __init__(self, mode: str, total: int, skipped: int, stream: IO[str] | None = None):
-        self.stream = stream or sys.stderr
-        if mode == "auto":
-            mode = "bar" if self.stream.isatty() else "plain"
-        self.mode = mode
+        super().__init__(mode, stream)
         self.total = total
         self.skipped = skipped
         self.failures = 0
-        self._bar: Progress | None = None
         self._task: Any = None
 
-    def __enter__(self) -> _SweepProgress:
-        if self.mode == "bar":
-            self._bar = Progress(
-                TextColumn("[bold]sweep"),
-                BarColumn(),
-                TextColumn("{task.completed}/{task.total} runs"),
-                TextColumn("{task.fields[failed]} failed"),
-                TimeElapsedColumn(),
-                console=Console(file=self.stream),  # stderr: stdout is for results
-                transient=False,
-            )
-            self._bar.start()
+    def _columns(self) -> list[ProgressColumn]:
+        return [
+            TextColumn("[bold]sweep"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} runs"),
+            TextColumn("{task.fields[failed]} failed"),
+        ]
+
+    def _started(self) -> None:
+        if self._bar is not None:
             self._task = self._bar.add_task(
                 "sweep", total=self.total, completed=self.skipped, failed=0
             )
@@ -558,7 +550,6 @@ class _SweepProgress:
                 file=self.stream,
                 flush=True,
             )
-        return self
 
     def finished(self, done: int, run: SweepRun) -> None:
         self.failures += run.status == "failed"
@@ -573,15 +564,6 @@ class _SweepProgress:
             print(
                 f"sweep: {done}/{self.total} done: {run.name} {tail}", file=self.stream, flush=True
             )
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._bar is not None:
-            self._bar.stop()
 
 
 __all__ = [

@@ -210,7 +210,6 @@ def test_a_sweep_runs_every_point_on_ray(
     lines = capsys.readouterr().err.splitlines()
     assert sum(line.startswith("sweep: ") and " done: 00" in line for line in lines) == 2
     assert any("sweep: 2/2 done: " in line and "completed, mean acc" in line for line in lines)
-    pytest.importorskip("p2pfed.report")
     assert result.comparison == out / COMPARISON_FILE
     assert result.comparison.is_file()
     assert record["comparison"] == COMPARISON_FILE
@@ -244,3 +243,18 @@ def test_a_rerun_sweep_skips_finished_runs_and_redoes_the_rest(
     assert again.runs[2].headline == first.runs[2].headline
     record = json.loads((out / SWEEP_FILE).read_text())
     assert [r["status"] for r in record["runs"]] == ["completed"] * 3
+
+
+def test_cli_sweep_refuses_a_bad_grid_before_anything_runs(
+    config_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from p2pfed.cli import main
+
+    out = tmp_path / "never"
+    assert main(["sweep", str(config_file), "--grid", "protocol.kind", "--out", str(out)]) == 2
+    assert "--grid" in capsys.readouterr().err
+    code = main(
+        ["sweep", str(config_file), "--grid", "protocol.kind=dpsgd,nope", "--out", str(out)]
+    )
+    assert code == 2 and "protocol.kind" in capsys.readouterr().err
+    assert not out.exists()
