@@ -18,11 +18,9 @@ reported as one line naming the file and key, never a traceback.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from p2pfed import __version__
 from p2pfed.errors import ConfigError, P2PFedError
@@ -147,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from p2pfed.experiment import resume, run
+    from p2pfed.results import FINISHED, attack_line
 
     if args.resume is not None:
         given = [
@@ -215,7 +214,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     report = Path(result.run_dir) / "report.html"
     if report.exists():
         print(f"report        : {report}")
-    return EXIT_OK if s["status"] == "completed" else EXIT_FAILED
+    return EXIT_OK if s["status"] in FINISHED else EXIT_FAILED
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -254,29 +253,6 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if result.comparison is not None:
         print(f"comparison     : {result.comparison}")
     return EXIT_FAILED if result.failed else EXIT_OK
-
-
-def attack_line(row: dict[str, Any]) -> str:
-    """One line of a report row: who, which attack on what, and its headline numbers."""
-    m = row.get("metrics", {})
-    if "psnr_median" in m:
-        head = f"PSNR {m['psnr_median']:.1f} dB (prior {_db(m.get('baseline_mse'))})"
-        if "label_accuracy" in m:
-            head += f", labels {m['label_accuracy']:.0%}"
-    elif "auc" in m:
-        head = f"AUC {m['auc']:.3f}, TPR@1%FPR {m['tpr_at_1pct_fpr']:.3f}"
-    elif "judge_accuracy" in m:
-        head = f"{m['judge_accuracy']:.0%} of classes recognised by an independent model"
-    else:
-        head = row.get("note", "nothing observed to attack")
-    view = f" [{row['view']}]" if row.get("view") else ""
-    return f"{row['adversary']}: {row['attack']} on {row['target']}{view}: {head}"
-
-
-def _db(mse: float | None) -> str:
-    if mse is None or mse <= 0:
-        return "n/a"
-    return f"{10 * math.log10(1 / mse):.1f} dB"
 
 
 def _cmd_topology_show(args: argparse.Namespace) -> int:

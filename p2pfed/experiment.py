@@ -90,7 +90,7 @@ from p2pfed.protocol.secure import (
     check_groups,
     secure_settings,
 )
-from p2pfed.results import RunRecorder, final_accuracy, finite, read_metrics
+from p2pfed.results import FINISHED, RunRecorder, final_accuracy, finite, read_metrics
 from p2pfed.robust import RobustError, check
 from p2pfed.robust.buckets import num_buckets
 from p2pfed.runtime.base import Interceptor, PeerReport, PeerSlot, RunObserver, Tap
@@ -902,7 +902,7 @@ def resume(
             status = json.loads(summary_path.read_text()).get("status")
         except (OSError, ValueError, AttributeError):
             status = None
-        if status in ("completed", "time_limit"):
+        if status in FINISHED:
             raise CheckpointError(f"the run in {path} finished already (status {status})")
     cfg = load_config(config_path)
     ckpt = path / CHECKPOINT_FILE
@@ -1088,6 +1088,8 @@ def _run(
         summary["timings"] = timings
         reports = runtime.peer_reports() if cfg.observers else []
         recorder.log.info("run_finished", t=outcome.virtual_time, **finite(summary["final"]))
+        if cfg.observers:  # not finished until its attacks are: a kill now leaves it to resume
+            summary["status"] = "analysing"
     finally:
         try:
             runtime.close()
@@ -1104,13 +1106,17 @@ def _run(
         attacked_at = time.perf_counter()
         try:
             summary["attacks"] = _attacks(world, logs, outcome, reports, run_dir)
+            summary["status"] = outcome.status
         except Exception as exc:
+            summary["status"] = "failed"
             summary["attacks_error"] = f"{type(exc).__name__}: {exc}"
             raise
         finally:
             timings["attacks_s"] = round(time.perf_counter() - attacked_at, 3)
             summary["warnings"] = summary.get("warnings", []) + _attack_warnings(summary)
             recorder.write_summary(summary)
+            if "attacks_error" in summary:
+                _write_report(cfg, recorder, summary)
     _write_report(cfg, recorder, summary)
     return Result(run_dir=run_dir, config=cfg, summary=summary)
 

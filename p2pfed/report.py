@@ -33,6 +33,8 @@ import io
 import json
 import math
 import os
+import re
+import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +43,17 @@ from typing import Any
 import numpy as np
 import yaml
 
+from p2pfed.config import ExperimentConfig
 from p2pfed.errors import P2PFedError
+from p2pfed.results import (
+    attack_line,
+    headline_figures,
+    read_edges,
+    read_json,
+    read_metrics,
+    read_summary,
+    write_atomic,
+)
 
 REPORT_FILE = "report.html"
 COMPARISON_FILE = "comparison.html"
@@ -64,10 +76,10 @@ MODE_COLOURS = {
     "dp": "#9c89b8",
     "dp-sgd": "#9c89b8",
 }
-RUN_COLOURS = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3"]
 MAX_PEER_LINES = 64
 MAX_LABELS = 32
 MAX_HEATMAP = 128
+MAX_SIDE_BY_SIDE = 12  # runs whose own plots a comparison repeats (2 images each)
 
 
 class ReportError(P2PFedError):
@@ -83,7 +95,7 @@ class RunData:
 
     run_dir: Path
     name: str
-    config: dict[str, Any]
+    config: dict[str, Any]  # config.yaml as written
     config_text: str
     summary: dict[str, Any]
     metrics: list[dict[str, Any]]
@@ -92,22 +104,37 @@ class RunData:
     labels: dict[str, Any] | None
     spells: list[dict[str, Any]]
     missing: list[str] = field(default_factory=list)
-    protection: str = "unknown"
-    coordinator: bool = False
+    #: the validated config, ``None`` when config.yaml no longer validates (edited by hand,
+    #: written by another version): roles, protection and the topology are then unknown
+    cfg: ExperimentConfig | None = None
 
     @property
     def n(self) -> int:
+        if self.cfg is not None:
+            return self.cfg.num_peers
         return int(self.summary.get("peers") or self.config.get("topology", {}).get("n") or 0)
+
+    @property
+    def protection(self) -> str:
+        from p2pfed.config import protection
+
+        return protection(self.cfg) if self.cfg is not None else "unknown"
 
     @property
     def has_coordinator(self) -> bool:
         """Whether participant ``n`` (a coordinator, or he-gossip's relay) exists."""
-        return self.coordinator or any(max(e["src"], e["dst"]) >= self.n for e in self.edges)
+        declared = self.cfg is not None and self.cfg.has_coordinator
+        return declared or any(max(e["src"], e["dst"]) >= self.n for e in self.edges)
+
+    @property
+    def wall(self) -> bool:
+        """Whether the run's times are wall seconds (``time.mode: wall``)."""
+        mode = self.summary.get("time_mode") or (self.cfg.time.mode if self.cfg else None)
+        return bool(mode == "wall")
 
     @property
     def time_label(self) -> str:
-        wall = self.summary.get("time_mode") == "wall"
-        return "wall time since start (s)" if wall else "virtual time (s)"
+        return "wall time since start (s)" if self.wall else "virtual time (s)"
 
     def series(self, key: str) -> tuple[np.ndarray, np.ndarray, list[int]]:
         """Times, a (ticks × peers) matrix of ``key`` (NaN where a peer has no value) and
@@ -126,84 +153,93 @@ class RunData:
                 values[i, col_of[int(r["peer"])]] = float(v)
         return times, values, peers
 
+    def last_accuracy(self) -> dict[int, float]:
+        """Each peer's last evaluated test accuracy."""
+        last: dict[int, float] = {}
+        for r in self.metrics:
+            if r.get("test_acc") is not None:
+                last[int(r["peer"])] = float(r["test_acc"])
+        return last
+
 
 def load_run(run_dir: str | Path) -> RunData:
-    """Read a run directory; raises :class:`ReportError` when it holds no run."""
+    """Read a run directory; raises :class:`ReportError` when it holds no run. What is
+    missing or cut short (a run killed while writing) is noted, and the rest is shown."""
     path = Path(run_dir)
     if not path.is_dir():
         raise ReportError(f"{path}: no such run directory")
-    missing: list[str] = []
-    config_text = _read_text(path / "config.yaml", missing)
-    if config_text is None:
+    if not (path / "config.yaml").is_file():
         raise ReportError(f"{path}: no config.yaml, so not a run directory")
+    missing: list[str] = []
+    config_text = (path / "config.yaml").read_text()
     try:
         config = yaml.safe_load(config_text) or {}
     except yaml.YAMLError as exc:
         raise ReportError(f"{path / 'config.yaml'}: not YAML ({exc})") from None
-    summary = _read_json(path / "summary.json", missing)
-    if not isinstance(summary, dict):
+    config = config if isinstance(config, dict) else {}
+    summary = read_summary(path)
+    if summary is None:
+        missing.append("summary.json")
         summary = {"status": "running or killed (no summary.json yet)"}
-    metrics = []
-    text = _read_text(path / "metrics.jsonl", missing)
-    for k, line in enumerate((text or "").splitlines()):
-        if line.strip():
-            try:
-                metrics.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut by a kill: the rest is still shown
-                missing.append(f"metrics.jsonl line {k + 1} (cut short)")
-    edges = []
-    edge_text = _read_text(path / "edges.csv", missing)
-    for row in csv.DictReader(io.StringIO(edge_text or "")):
-        edges.append({k: int(v) for k, v in row.items()})
+    metrics = _tolerant(read_metrics, path, "metrics.jsonl", missing)
+    edges = _tolerant(read_edges, path, "edges.csv", missing)
     attacks = summary.get("attacks")
     if attacks is None:
-        loaded = _read_json(path / "attacks.json", [])
+        loaded = read_json(path / "attacks.json")
         attacks = loaded if isinstance(loaded, list) else []
-    labels = _read_json(path / "label_histograms.json", missing)
+    labels = read_json(path / "label_histograms.json")
+    if not isinstance(labels, dict):
+        missing.append("label_histograms.json")
+        labels = None
     spells = []
     avail = path / "availability.csv"
     if avail.exists():
-        spells = [
-            {
-                "peer": int(r["peer"]),
-                "down": float(r["down"]),
-                "up": float(r["up"]),
-                "how": r["how"],
-            }
-            for r in csv.DictReader(io.StringIO(avail.read_text()))
-        ]
+        for r in csv.DictReader(io.StringIO(avail.read_text())):
+            try:
+                spells.append(
+                    {
+                        "peer": int(r["peer"]),
+                        "down": float(r["down"]),
+                        "up": float(r["up"]),
+                        "how": r["how"],
+                    }
+                )
+            except (KeyError, TypeError, ValueError):
+                missing.append("availability.csv rows (cut short)")
     return RunData(
         run_dir=path,
         name=str(summary.get("run_id") or path.name),
-        config=config if isinstance(config, dict) else {},
+        config=config,
         config_text=config_text,
         summary=summary,
         metrics=metrics,
         edges=edges,
         attacks=attacks,
-        labels=labels if isinstance(labels, dict) else None,
+        labels=labels,
         spells=spells,
         missing=missing,
-        **_validated_facts(config if isinstance(config, dict) else {}),
+        cfg=_validated(config),
     )
 
 
-def _read_text(path: Path, missing: list[str]) -> str | None:
-    try:
-        return path.read_text()
-    except FileNotFoundError:
-        missing.append(path.name)
-        return None
+def _tolerant(read: Any, path: Path, name: str, missing: list[str]) -> list[Any]:
+    """Rows a reader gets out of a log, noting the log's absence or its lines cut short."""
+    if not (path / name).is_file():
+        missing.append(name)
+        return []
+    cut: list[int] = []
+    rows: list[Any] = read(path, cut=cut)
+    if cut:
+        missing.append(f"{name} line {', '.join(map(str, cut))} (cut short)")
+    return rows
 
 
-def _read_json(path: Path, missing: list[str]) -> Any:
-    text = _read_text(path, missing)
-    if text is None:
-        return None
+def _validated(config: Mapping[str, Any]) -> ExperimentConfig | None:
+    from p2pfed.config import config_from_mapping
+
     try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        missing.append(f"{path.name} (not valid JSON)")
+        return config_from_mapping(config, source="config.yaml")
+    except P2PFedError:
         return None
 
 
@@ -221,45 +257,35 @@ class Roles:
 
 
 def roles_of(run: RunData, links: Iterable[tuple[int, int]]) -> Roles:
-    cfg = run.config
+    """Roles from the validated config: poisoners, a curious peer or coordinator, the links
+    each eavesdropper taps (a ``target``'s every link among ``links``) and on-path attackers
+    hold. A config that no longer validates leaves everyone honest."""
     n = run.n
     role = {p: "honest" for p in range(n)}
     if run.has_coordinator:
         role[n] = "coordinator"
     eaves: list[tuple[str, list[tuple[int, int]]]] = []
     on_path: list[tuple[str, str, list[tuple[int, int]]]] = []
+    cfg = run.cfg
+    if cfg is None:
+        return Roles(role, eaves, on_path, run.protection)
+    for _, poisoner in cfg.poisoners:
+        role.update({p: "poisoner" for p in poisoner.peers})
     undirected = {_key(a, b) for a, b in links}
-    for k, adv in enumerate(cfg.get("adversaries") or []):
-        kind = adv.get("role")
-        name = adv.get("name") or f"{kind}-{k}"
-        if kind == "poisoner":
-            for p in adv.get("peers", []):
-                role[int(p)] = "poisoner"
-        elif kind == "curious_peer" and adv.get("peer") is not None:
-            role[int(adv["peer"])] = "curious"
-        elif kind == "eavesdropper":
-            tapped = {_key(int(a), int(b)) for a, b in adv.get("links") or []}
-            if adv.get("target") is not None:
-                t = int(adv["target"])
-                tapped |= {e for e in undirected if t in e}
-            eaves.append((name, sorted(tapped)))
-        elif kind == "on_path":
-            held = sorted({_key(int(a), int(b)) for a, b in adv.get("links") or []})
-            on_path.append((name, str(adv.get("action", "modify")), held))
+    for k, adv in cfg.observers:
+        if adv.role == "curious_peer" and adv.peer is not None:
+            role[adv.peer] = "curious"
+        elif adv.role == "curious_coordinator":
+            role[n] = "curious"
+        elif adv.role == "eavesdropper":
+            tapped = {_key(a, b) for a, b in adv.links or ()}
+            if adv.target is not None:
+                tapped |= {e for e in undirected if adv.target in e}
+            eaves.append((adv.label(k), sorted(tapped)))
+    for k, icp in cfg.on_path:
+        held = sorted({_key(a, b) for a, b in icp.links})
+        on_path.append((icp.label(k), icp.action, held))
     return Roles(role, eaves, on_path, run.protection)
-
-
-def _validated_facts(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The protection mode (:func:`p2pfed.config.protection`) and whether a coordinator
-    takes part, from the resolved config; ``unknown`` protection when the config no longer
-    validates (edited by hand, written by another version)."""
-    from p2pfed.config import config_from_mapping, protection
-
-    try:
-        validated = config_from_mapping(cfg, source="config.yaml")
-    except P2PFedError:
-        return {"protection": "unknown", "coordinator": False}
-    return {"protection": protection(validated), "coordinator": validated.has_coordinator}
 
 
 def _key(a: int, b: int) -> tuple[int, int]:
@@ -324,16 +350,26 @@ def plot_over_time(
     return _png(fig)
 
 
-def _band(ax: Any, times: np.ndarray, values: np.ndarray, colour: str, label: str) -> None:
+def _band(
+    ax: Any,
+    times: np.ndarray,
+    values: np.ndarray,
+    colour: str,
+    label: str,
+    band_label: str | None = "10–90 % of peers",
+    linestyle: str = "-",
+) -> bool:
+    """The mean over peers and its 10–90 % band; whether there was anything to draw."""
     ok = np.isfinite(values).any(axis=1)
     t, v = times[ok], values[ok]
     if len(t) == 0:
-        return
+        return False
     with np.errstate(all="ignore"):
         lo, hi = np.nanpercentile(v, 10, axis=1), np.nanpercentile(v, 90, axis=1)
         mean = np.nanmean(v, axis=1)
-    ax.fill_between(t, lo, hi, color=colour, alpha=0.15, linewidth=0, label="10–90 % of peers")
-    ax.plot(t, mean, color=colour, linewidth=2.0, label=label)
+    ax.fill_between(t, lo, hi, color=colour, alpha=0.15, linewidth=0, label=band_label)
+    ax.plot(t, mean, color=colour, linewidth=2.0, label=label, linestyle=linestyle)
+    return True
 
 
 def plot_topology(run: RunData) -> str:
@@ -464,12 +500,12 @@ def _topology(run: RunData) -> Any:
     carried frames, on a circle)."""
     from p2pfed.experiment import topology_seed
     from p2pfed.topology import build_schedule
-    from p2pfed.topology.io import topology_spec_from_mapping
 
+    if run.cfg is None:
+        return "config.yaml does not validate"
     try:
-        spec = topology_spec_from_mapping(run.config["topology"], source="config.yaml")
-        return build_schedule(spec, seed=topology_seed(int(run.config.get("seed", 0)))).at(0)
-    except (P2PFedError, KeyError, TypeError, ValueError) as exc:
+        return build_schedule(run.cfg.topology, seed=topology_seed(run.cfg.seed)).at(0)
+    except P2PFedError as exc:
         return f"{type(exc).__name__}: {exc}"
 
 
@@ -626,7 +662,8 @@ def plot_availability(run: RunData) -> str | None:
     fig = _figure(8.0, min(6.0, 1.5 + 0.15 * run.n))
     ax = fig.add_subplot(1, 1, 1)
     colours = {"crash": "#C44E52", "leave": "#DD8452"}
-    end = float(run.summary.get("virtual_time") or max(s["up"] for s in run.spells))
+    ends = [s["up"] for s in run.spells if math.isfinite(s["up"])] + [s["down"] for s in run.spells]
+    end = float(run.summary.get("virtual_time") or max(ends))
     for s in run.spells:
         up = min(s["up"], end) if math.isfinite(s["up"]) else end
         ax.barh(s["peer"], up - s["down"], left=s["down"], color=colours.get(s["how"], "0.5"))
@@ -666,6 +703,7 @@ font-variant-numeric:tabular-nums}
 .note{color:#666;font-size:14px}
 pre{background:#f6f8fa;padding:10px;overflow:auto;font-size:12px}
 .grid{display:flex;flex-wrap:wrap;gap:12px}.grid figure{flex:1 1 420px}
+.wide{overflow-x:auto;max-width:100%}
 """
 
 # Click a header to sort its table (numbers numerically); the only script in a report.
@@ -724,8 +762,8 @@ def _table(
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in rows)
     return (
-        f'<table id="table-{table_id}"{cls}><thead><tr>{head}</tr></thead>'
-        f"<tbody>{body}</tbody></table>"
+        f'<div class="wide"><table id="table-{table_id}"{cls}><thead><tr>{head}</tr></thead>'
+        f"<tbody>{body}</tbody></table></div>"
     )
 
 
@@ -765,6 +803,7 @@ def _kv_table(table_id: str, items: Mapping[str, Any]) -> str:
 def headline(run: RunData) -> dict[str, Any]:
     """One row of figures that sums a run up (the comparison table's row)."""
     s = run.summary
+    figures = headline_figures(s)
     final = s.get("final") or {}
     b = s.get("bytes") or {}
     msgs = s.get("messages") or {}
@@ -774,20 +813,21 @@ def headline(run: RunData) -> dict[str, Any]:
     return {
         "run": run.name,
         "status": s.get("status", "?"),
-        "protocol": run.config.get("protocol", {}).get("kind"),
+        "protocol": run.cfg.protocol.kind if run.cfg else None,
         "protection": run.protection,
         "peers": run.n,
-        "mean acc": final.get("mean_acc"),
-        "min acc": final.get("min_acc"),
+        "time": "wall" if run.wall else "virtual",
+        "mean acc": figures["mean_acc"],
+        "min acc": figures["min_acc"],
         "honest mean acc": robust.get("honest_mean_acc"),
         "consensus dist": final.get("mean_consensus_dist"),
         "rounds (mean)": float(np.mean(rounds)) if rounds else None,
         "messages": msgs.get("sent"),
-        "MB": b.get("total", 0) / 1e6 if b else None,
+        "MB": figures["bytes_total"] / 1e6 if figures["bytes_total"] is not None else None,
         "crypto MB": b.get("crypto", 0) / 1e6 if b else None,
         "ε max": privacy.get("epsilon_max") if privacy.get("dp") else None,
-        "virtual s": s.get("virtual_time"),
-        "wall s": s.get("wall_time_s"),
+        "run clock s": figures["virtual_time"],
+        "wall s": figures["wall_time_s"],
     }
 
 
@@ -802,18 +842,18 @@ def _summary_section(run: RunData) -> str:
         ("protocol", h["protocol"]),
         ("protection", h["protection"]),
         ("traffic", _fmt_bytes((s.get("bytes") or {}).get("total", 0))),
-        (run.time_label.split(" (")[0], _opt(s.get("virtual_time"), "{:.2f} s")),
-        ("wall time", _opt(s.get("wall_time_s"), "{:.1f} s")),
+        (
+            "run clock at the end (wall)" if run.wall else "virtual time",
+            _opt(s.get("virtual_time"), "{:.2f} s"),
+        ),
+        ("wall time in all", _opt(s.get("wall_time_s"), "{:.1f} s")),
     ]
     out = (
         '<div class="cards">'
         + "".join(f'<div class="card"><b>{_e(v)}</b><span>{_e(k)}</span></div>' for k, v in cards)
         + "</div>"
     )
-    if s.get("status") not in ("completed", None):
-        err = s.get("error") or ""
-        where = (s.get("failed_at") or {}).get("where", "")
-        out += f'<div class="fail">run {_e(s.get("status"))}: {_e(err)} {_e(where)}</div>'
+    out += _status_note(s)
     for w in s.get("warnings") or []:
         out += f'<div class="warn">{_e(w)}</div>'
     if run.missing:
@@ -830,18 +870,40 @@ def _summary_section(run: RunData) -> str:
     return out + _kv_table("summary", {k: v for k, v in facts.items() if v is not None})
 
 
+def _status_note(s: Mapping[str, Any]) -> str:
+    """A box for a run that did not simply complete: what happened to it."""
+    status = s.get("status")
+    if status == "completed":
+        return ""
+    if status == "time_limit":
+        return '<div class="warn">the run stopped at its time limit (time.limit)</div>'
+    if status == "analysing":
+        return (
+            '<div class="warn">the run finished, but its attack analysis did not (killed while '
+            "analysing?): <code>p2pfed run --resume</code> goes on from its last checkpoint</div>"
+        )
+    if status == "failed":
+        err = s.get("attacks_error") and f"attack analysis: {s['attacks_error']}"
+        err = err or s.get("error") or ""
+        where = (s.get("failed_at") or {}).get("where", "")
+        return f'<div class="fail">the run failed: {_e(err)} {_e(where)}</div>'
+    return f'<div class="warn">run status: {_e(status)}</div>'
+
+
 def _opt(v: Any, fmt: str) -> str:
     return "—" if v is None else fmt.format(v)
 
 
-def _attacks_section(run: RunData) -> str:
-    from p2pfed.cli import attack_line
+_ATTACK_IMAGE = re.compile(r"attack-[A-Za-z0-9_.,=+-]+\.png")
 
+
+def _attacks_section(run: RunData) -> str:
+    failed = run.summary.get("attacks_error")
+    failure = f'<div class="fail">the attack analysis failed: {_e(failed)}</div>' if failed else ""
     if not run.attacks:
-        advs = run.config.get("adversaries") or []
-        watching = [a for a in advs if a.get("role") not in ("poisoner", "on_path")]
-        why = "no observing adversary in this run" if not watching else "no attack results"
-        return f'<p class="note" data-empty="attacks">{_e(why)}.</p>'
+        watching = run.cfg is not None and bool(run.cfg.observers)
+        why = "no attack results" if watching else "no observing adversary in this run"
+        return f'{failure}<p class="note" data-empty="attacks">{_e(why)}.</p>'
     rows = []
     for a in run.attacks:
         m = a.get("metrics") or {}
@@ -859,7 +921,7 @@ def _attacks_section(run: RunData) -> str:
                 a.get("error") or attack_line(a).split(": ", 2)[-1],
             )
         )
-    out = _table(
+    out = failure + _table(
         "attacks",
         [
             "adversary",
@@ -884,8 +946,10 @@ def _attacks_section(run: RunData) -> str:
     images = [a["image"] for a in run.attacks if a.get("image")]
     figs = []
     for name in dict.fromkeys(images):
-        path = run.run_dir / name
-        if path.exists():
+        path = run.run_dir / str(name)
+        if not _ATTACK_IMAGE.fullmatch(str(name)):  # only the grids a run writes, nothing else
+            figs.append(f'<p class="note">{_e(name)} is not an attack image name: not shown</p>')
+        elif path.exists():
             data = base64.b64encode(path.read_bytes()).decode("ascii")
             figs.append(_img(Path(name).stem, data, f"{name}: originals and reconstructions", ""))
         else:
@@ -946,7 +1010,8 @@ def _timings_section(run: RunData) -> str:
     timings = s.get("timings") or {}
     items: dict[str, Any] = {_TIMING_NAMES.get(k, k): v for k, v in timings.items()}
     items["wall time in all (s)"] = s.get("wall_time_s")
-    items[run.time_label.replace("since start ", "")] = s.get("virtual_time")
+    clock = "run clock at the end, wall (s)" if run.wall else "virtual time (s)"
+    items[clock] = s.get("virtual_time")
     events = s.get("events")
     items["engine events"] = events
     run_s = timings.get("run_s")
@@ -959,11 +1024,20 @@ def _timings_section(run: RunData) -> str:
     out = _kv_table("timings", {k: v for k, v in items.items() if v is not None})
     hosts = s.get("hosts")
     if hosts:
-        cols = sorted({k for h in hosts for k in h})
+        first = ["host", "peers", "node", "device", "param_device", "gpu_ids", "alive"]
+        seen = {k for h in hosts for k in h}
+        cols = [c for c in first if c in seen] + sorted(seen - set(first))
         out += "<h3>Ray hosts</h3>" + _table(
             "hosts", cols, [[_plain(h.get(c)) for c in cols] for h in hosts]
         )
-        out += f'<p class="note">host failures: {_e(s.get("host_failures", 0))}</p>'
+        failures = s.get("host_failures") or []
+        if failures:
+            cols = sorted({k for f in failures for k in f})
+            out += f"<h3>host failures ({len(failures)})</h3>" + _table(
+                "host-failures", cols, [[_plain(f.get(c)) for c in cols] for f in failures]
+            )
+        else:
+            out += '<p class="note">no host failed.</p>'
     return out
 
 
@@ -1026,7 +1100,9 @@ def render_run(run: RunData) -> str:
                 "edge-bytes",
                 plot_edge_bytes(run),
                 "bytes sent on each directed edge (row: sender, column: receiver; C: the "
-                "coordinator), split into payload, crypto and metadata",
+                "coordinator). Payload: the arrays a frame carries (models, masked vectors, "
+                "shares, ciphertexts); metadata: the rest of the encoded frame; crypto: what "
+                "sealing the link added (security.channel aead)",
                 "no frames were sent",
             )
             + _edge_table(run),
@@ -1101,9 +1177,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
 def _write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(path, text)
 
 
 # --- comparison ----------------------------------------------------------------------------
@@ -1139,26 +1213,38 @@ def _compare_over_time(runs: Sequence[RunData], key: str, ylabel: str, log: bool
         times, values, _ = run.series(key)
         if log:
             values = np.where(values > 0, values, np.nan)
-        if not np.isfinite(values).any():
-            continue
-        colour = RUN_COLOURS[k % len(RUN_COLOURS)]
-        ok = np.isfinite(values).any(axis=1)
-        with np.errstate(all="ignore"):
-            lo = np.nanpercentile(values[ok], 10, axis=1)
-            hi = np.nanpercentile(values[ok], 90, axis=1)
-            mean = np.nanmean(values[ok], axis=1)
-        ax.fill_between(times[ok], lo, hi, color=colour, alpha=0.15, linewidth=0)
-        ax.plot(times[ok], mean, color=colour, linewidth=2, label=run.name)
-        drawn = True
+        colour, style = _run_style(k)
+        label = _mpl_text(run.name + (" (wall time)" if run.wall else ""))
+        drawn |= _band(ax, times, values, colour, label, band_label=None, linestyle=style)
     if not drawn:
         return None
     if log:
         ax.set_yscale("log")
-    ax.set_xlabel(runs[0].time_label)
+    clocks = {run.wall for run in runs}
+    ax.set_xlabel(
+        "time (s): virtual, or wall where marked" if len(clocks) > 1 else runs[0].time_label
+    )
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=8, loc="best", ncol=1 + len(runs) // 12)
     return _png(fig)
+
+
+def _run_style(k: int) -> tuple[str, str]:
+    """A colour and line style per run: 10 distinct colours, solid, then dashed, dotted,
+    dash-dotted."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    colour = to_hex(colormaps["tab10"](k % 10))
+    return colour, ["-", "--", ":", "-."][(k // 10) % 4]
+
+
+def _mpl_text(text: str) -> str:
+    """Text matplotlib shows as written: no math mode, and a legend label starting with
+    ``_`` is not skipped."""
+    text = text.replace("$", r"\$")
+    return f" {text}" if text.startswith("_") else text
 
 
 def _compare_bytes(runs: Sequence[RunData]) -> str:
@@ -1169,7 +1255,7 @@ def _compare_bytes(runs: Sequence[RunData]) -> str:
         vals = np.array([(r.summary.get("bytes") or {}).get(kind, 0) / 1e6 for r in runs])
         ax.barh(range(len(runs)), vals, left=left, color=colour, label=kind)
         left += vals
-    ax.set_yticks(range(len(runs)), [r.name for r in runs], fontsize=8)
+    ax.set_yticks(range(len(runs)), [_mpl_text(r.name) for r in runs], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("MB sent")
     ax.legend(fontsize=8)
@@ -1179,13 +1265,10 @@ def _compare_bytes(runs: Sequence[RunData]) -> str:
 def _compare_final(runs: Sequence[RunData]) -> str | None:
     data, names = [], []
     for run in runs:
-        last: dict[int, float] = {}
-        for r in run.metrics:
-            if r.get("test_acc") is not None:
-                last[int(r["peer"])] = float(r["test_acc"])
+        last = run.last_accuracy()
         if last:
             data.append(list(last.values()))
-            names.append(run.name)
+            names.append(_mpl_text(run.name))
     if not data:
         return None
     fig = _figure(8.0, 0.9 + 0.45 * len(data))
@@ -1224,19 +1307,26 @@ def render_comparison(runs: Sequence[RunData], links: Sequence[str | None] = ())
         )
     else:
         diff_html = '<p class="note">the resolved configs are the same.</p>'
-    small = "".join(
-        _img(
-            f"accuracy-{k}",
-            plot_over_time(run, "test_acc", "test accuracy", title=run.name),
-            f"{run.name}: every peer's accuracy",
-            f"{run.name}: no evaluation logged",
+    if len(runs) > MAX_SIDE_BY_SIDE:
+        many = (
+            f'<p class="note">{len(runs)} runs: each run\'s own plots are in its report '
+            "(linked under the table above).</p>"
         )
-        for k, run in enumerate(runs)
-    )
-    topo = "".join(
-        _img(f"topology-{k}", plot_topology(run), f"{run.name}: topology and traffic", "")
-        for k, run in enumerate(runs)
-    )
+        small = topo = many
+    else:
+        small = "".join(
+            _img(
+                f"accuracy-{k}",
+                plot_over_time(run, "test_acc", "test accuracy", title=_mpl_text(run.name)),
+                f"{run.name}: every peer's accuracy",
+                f"{run.name}: no evaluation logged",
+            )
+            for k, run in enumerate(runs)
+        )
+        topo = "".join(
+            _img(f"topology-{k}", plot_topology(run), f"{run.name}: topology and traffic", "")
+            for k, run in enumerate(runs)
+        )
     sections = [
         ("runs", "Runs", table),
         ("differences", "Config differences", diff_html),
@@ -1300,9 +1390,8 @@ def write_comparison(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
         report = r.run_dir / REPORT_FILE
         if report.exists():
             try:  # relative, so a sweep directory can move as a whole
-                links.append(
-                    Path(os.path.relpath(report.resolve(), path.resolve().parent)).as_posix()
-                )
+                rel = Path(os.path.relpath(report.resolve(), path.resolve().parent)).as_posix()
+                links.append(urllib.parse.quote(rel))
             except ValueError:  # another drive
                 links.append(report.resolve().as_uri())
         else:

@@ -37,6 +37,20 @@ from p2pfed.runtime.base import MetricRow
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30}
 
+#: a run whose summary says one of these has finished (``resume`` refuses it, a sweep skips
+#: it); ``analysing``: the run is done and its attacks are being analysed
+FINISHED = ("completed", "time_limit")
+#: the columns of ``edges.csv``
+EDGE_COLUMNS = (
+    "src",
+    "dst",
+    "frames",
+    "lost",
+    "payload_bytes",
+    "metadata_bytes",
+    "crypto_bytes",
+)
+
 
 class RunRecorder:
     """Implements :class:`~p2pfed.runtime.base.RunObserver` by writing the run directory."""
@@ -154,9 +168,7 @@ class RunRecorder:
     def write_edges(self) -> None:
         with (self.run_dir / "edges.csv").open("w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(
-                ["src", "dst", "frames", "lost", "payload_bytes", "metadata_bytes", "crypto_bytes"]
-            )
+            w.writerow(EDGE_COLUMNS)
             for (src, dst), counts in sorted(self.edges.items()):
                 w.writerow([src, dst, *counts])
 
@@ -171,7 +183,7 @@ class RunRecorder:
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         text = json.dumps(finite(summary), indent=2, allow_nan=False, default=_json_default)
-        (self.run_dir / "summary.json").write_text(text + "\n")
+        write_atomic(self.run_dir / "summary.json", text + "\n")  # a sweep reads it to resume
 
     def close(self) -> None:
         self._metrics.close()
@@ -206,10 +218,94 @@ def final_accuracy(rows: list[MetricRow]) -> dict[str, float]:
     }
 
 
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Load metrics.jsonl of a run directory."""
+def read_metrics(run_dir: str | Path, cut: list[int] | None = None) -> list[dict[str, Any]]:
+    """Load metrics.jsonl of a run directory. With ``cut`` (a list), lines that do not parse
+    (cut short by a kill) are skipped and their line numbers appended to it; without, they
+    raise."""
+    rows = []
     with (Path(run_dir) / "metrics.jsonl").open() as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for k, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                if cut is None:
+                    raise
+                cut.append(k)
+    return rows
+
+
+def read_edges(run_dir: str | Path, cut: list[int] | None = None) -> list[dict[str, int]]:
+    """Load edges.csv of a run directory, one dict of integer counts per directed edge;
+    ``cut`` as for :func:`read_metrics`."""
+    rows = []
+    with (Path(run_dir) / "edges.csv").open(newline="") as f:
+        for k, row in enumerate(csv.DictReader(f), start=2):
+            try:
+                rows.append({c: int(row[c]) for c in EDGE_COLUMNS})
+            except (KeyError, TypeError, ValueError):
+                if cut is None:
+                    raise
+                cut.append(k)
+    return rows
+
+
+def read_json(path: str | Path) -> Any:
+    """A JSON file's content, or ``None`` when it is missing or does not parse."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_summary(run_dir: str | Path) -> dict[str, Any] | None:
+    """A run directory's ``summary.json``, or ``None`` when it has none (yet)."""
+    data = read_json(Path(run_dir) / "summary.json")
+    return data if isinstance(data, dict) else None
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write whole or not at all: a temporary file beside ``path``, renamed over it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def headline_figures(summary: dict[str, Any]) -> dict[str, Any]:
+    """A run's figures at a glance, from its summary: final mean and worst accuracy, bytes
+    sent, virtual and wall time (``None`` where the run got no figure)."""
+    final = summary.get("final") or {}
+    return {
+        "mean_acc": final.get("mean_acc"),
+        "min_acc": final.get("min_acc"),
+        "bytes_total": (summary.get("bytes") or {}).get("total"),
+        "virtual_time": summary.get("virtual_time"),
+        "wall_time_s": summary.get("wall_time_s"),
+    }
+
+
+def attack_line(row: dict[str, Any]) -> str:
+    """One line of an attack row: who, which attack on what, and its headline numbers."""
+    m = row.get("metrics", {})
+    if "psnr_median" in m:
+        head = f"PSNR {m['psnr_median']:.1f} dB (prior {_db(m.get('baseline_mse'))})"
+        if "label_accuracy" in m:
+            head += f", labels {m['label_accuracy']:.0%}"
+    elif "auc" in m:
+        head = f"AUC {m['auc']:.3f}, TPR@1%FPR {m['tpr_at_1pct_fpr']:.3f}"
+    elif "judge_accuracy" in m:
+        head = f"{m['judge_accuracy']:.0%} of classes recognised by an independent model"
+    else:
+        head = row.get("note", "nothing observed to attack")
+    view = f" [{row['view']}]" if row.get("view") else ""
+    return f"{row['adversary']}: {row['attack']} on {row['target']}{view}: {head}"
+
+
+def _db(mse: float | None) -> str:
+    if mse is None or mse <= 0:
+        return "n/a"
+    return f"{10 * math.log10(1 / mse):.1f} dB"
 
 
 def _row_dict(row: MetricRow) -> dict[str, Any]:

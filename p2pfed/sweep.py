@@ -19,25 +19,32 @@ The sweep directory::
                         then its values, characters unsafe in file names replaced by _
       comparison.html   the comparison report of the finished runs (p2pfed.report)
 
-Resuming: running the same sweep again (same config text, overrides and grid) goes on where
-the last one stopped. A run whose ``summary.json`` says it finished (``completed``, or
-``time_limit``: a finished run too) is skipped; a run with a ``checkpoint.pt`` and no
-``summary.json`` (killed midway) goes on from its checkpoint with
-:func:`p2pfed.experiment.resume`; anything else (failed, never started, no checkpoint yet)
-runs again from the start. A ``sweep.json`` that asked for something else is refused:
-``overwrite`` removes the run directories it lists (and its ``comparison.html``), nothing
-else. A non-empty ``OUT`` without a ``sweep.json`` is refused unless ``overwrite``.
+Resuming: running the same sweep again (the same resolved config at every point, under the
+same run names) goes on where the last one stopped; an edited topology file or changed
+defaults make it another sweep, a value written ``0.10`` instead of ``0.1`` does not. A run
+whose ``summary.json`` says it finished (``completed``, or ``time_limit``: a finished run
+too) is skipped, and gets its report drawn if it was killed before that. A run with a
+``checkpoint.pt`` and no finished summary (killed midway, or while its attacks were being
+analysed) goes on from its checkpoint with :func:`p2pfed.experiment.resume`; anything else
+(failed, never started, no checkpoint yet) runs again from the start. A ``sweep.json`` that
+asked for something else is refused: ``overwrite`` removes the run directories it lists
+(and its ``comparison.html``), nothing else. A non-empty ``OUT`` without a ``sweep.json``
+is refused unless ``overwrite``.
 
 Why Ray tasks: each experiment trains its peers single-threaded in one process
 (``runtime.torch_threads``, 1 by default: many small models train fastest that way), so a
 sweep is embarrassingly parallel and one run per core is the best use of a machine or a
-cluster. Each run is one task reserving one CPU; Ray places them and keeps at most
-``parallel`` (default: the cluster's CPUs) in flight. A run inside a task is always
-in-process (``runtime.kind: ray`` is refused: it would start actors from inside a task).
-The driver resolves every point's config before anything runs, so a bad grid fails at once,
-and ships the resolved config to the task (topology files inlined, data paths absolute),
-so nothing depends on the worker's working directory. On a cluster, ``OUT`` must be on a
-file system every node sees.
+cluster. Ray places the tasks and keeps at most ``parallel`` (default: the cluster's CPUs)
+in flight. Each task reserves ``runtime.torch_threads`` CPUs, and one GPU when the run asks
+for ``runtime.device: cuda`` (or ``auto`` on a cluster that has GPUs): Ray hides the GPUs
+from a task that reserves none. A run inside a task is always in-process
+(``runtime.kind: ray`` is refused: it would start actors from inside a task). The driver
+resolves and validates every point's config before anything runs, so a grid with a value
+the config refuses fails at once; what only building the experiment finds (a robust rule's
+precondition on the actual graph, say) fails that point's run alone. The driver ships the
+resolved config to the task (topology files inlined, data paths absolute), so nothing
+depends on the worker's working directory; on a cluster, ``OUT`` must be on a file system
+every node sees.
 
 A run that raises, or whose worker dies, is recorded as failed with its error and the
 others go on; tasks are not retried (running the sweep again retries, from a checkpoint
@@ -46,11 +53,10 @@ where there is one).
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import hashlib
 import itertools
 import json
-import os
 import re
 import shutil
 from collections import deque
@@ -62,15 +68,14 @@ from typing import IO, Any, Literal
 from rich.progress import BarColumn, ProgressColumn, TextColumn
 
 from p2pfed.config import DEFAULT_SOURCE, ExperimentConfig, load_config
-from p2pfed.errors import CheckpointError, ConfigError
+from p2pfed.errors import CheckpointError, ConfigError, P2PFedError
 from p2pfed.progress import ProgressDisplay
+from p2pfed.report import COMPARISON_FILE, REPORT_FILE, write_report
+from p2pfed.results import FINISHED, headline_figures, read_json, read_summary, write_atomic
+from p2pfed.yamlio import parse_yaml
 
 #: the sweep's own record, in its directory
 SWEEP_FILE = "sweep.json"
-#: the comparison report of the completed runs, in the sweep directory
-COMPARISON_FILE = "comparison.html"
-#: a run whose summary says one of these has finished (``resume`` refuses it)
-FINISHED = ("completed", "time_limit")
 # longest run directory name before the index: file systems allow 255 bytes
 _LABEL_MAX = 120
 _UNSAFE = re.compile(r"[^A-Za-z0-9._,=+-]")
@@ -97,6 +102,7 @@ class SweepRun:
     status: RunStatus
     error: str | None = None
     headline: dict[str, Any] = field(default_factory=dict)
+    note: str | None = None  # what a reader should know: a checkpoint that could not be used
 
     @property
     def finished(self) -> bool:
@@ -176,9 +182,12 @@ def _check_grid(grid: Sequence[tuple[str, Sequence[str]]]) -> None:
             raise ConfigError(
                 "an empty value (two commas in a row, or one at an end)", source="--grid", key=key
             )
-        twice = sorted({v for v in values if values.count(v) > 1})
+        parsed = [json.dumps(parse_yaml(v, "--grid"), sort_keys=True, default=str) for v in values]
+        twice = [v for v, p in zip(values, parsed, strict=True) if parsed.count(p) > 1]
         if twice:
-            raise ConfigError(f"value {twice[0]!r} given twice", source="--grid", key=key)
+            raise ConfigError(
+                f"values {', '.join(map(repr, twice))} are the same value", source="--grid", key=key
+            )
 
 
 def grid_points(grid: Sequence[tuple[str, Sequence[str]]]) -> list[dict[str, str]]:
@@ -199,18 +208,6 @@ def run_names(points: Sequence[dict[str, str]]) -> list[str]:
         label = _UNSAFE.sub("_", ",".join(f"{k}={v}" for k, v in point.items()))[:_LABEL_MAX]
         names.append(f"{i:0{width}d}-{label}" if label else f"{i:0{width}d}")
     return names
-
-
-def headline(summary: dict[str, Any]) -> dict[str, Any]:
-    """The numbers a sweep shows per run, from its ``summary.json``."""
-    final = summary.get("final") or {}
-    return {
-        "mean_acc": final.get("mean_acc"),
-        "min_acc": final.get("min_acc"),
-        "bytes_total": (summary.get("bytes") or {}).get("total"),
-        "virtual_time": summary.get("virtual_time"),
-        "wall_time_s": summary.get("wall_time_s"),
-    }
 
 
 # --- planning (no Ray) --------------------------------------------------------------------
@@ -238,7 +235,8 @@ def prepare(
     ]
     record: dict[str, Any] = {
         "format": _FORMAT,
-        **_identity(config, overrides, grid),
+        **_identity(config, configs, names),
+        **_asked(overrides, grid),
         "runs": [
             {"name": n, "point": p, "status": "pending", "error": None, "headline": {}}
             for n, p in zip(names, points, strict=True)
@@ -252,7 +250,7 @@ def prepare(
         action: Action = "run" if fresh else _action(run_dir)
         if action == "skip":
             entry["status"] = "completed"
-            entry["headline"] = headline(_summary(run_dir) or {})
+            entry["headline"] = headline_figures(read_summary(run_dir) or {})
         runs.append(PlannedRun(entry["name"], entry["point"], run_dir, cfg, action))
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / SWEEP_FILE, record)
@@ -283,24 +281,30 @@ def _resolve(
 
 
 def _identity(
-    config: str | Path | None, overrides: Sequence[str], grid: Sequence[tuple[str, Sequence[str]]]
+    config: str | Path | None, configs: Sequence[ExperimentConfig], names: Sequence[str]
 ) -> dict[str, Any]:
-    """What makes two sweeps the same sweep (so the second may go on from the first)."""
-    path = Path(config).resolve() if config is not None else None
-    digest = hashlib.sha256(path.read_bytes()).hexdigest() if path is not None else None
+    """What makes two sweeps the same sweep (so the second may go on from the first): the
+    resolved config of every point, under the same run names. ``config`` is recorded for the
+    reader; a moved file with the same content is still the same sweep."""
+    digest = hashlib.sha256()
+    for cfg in configs:
+        digest.update(cfg.to_yaml().encode())
+        digest.update(b"\0")
     return {
-        "config": str(path) if path is not None else None,
-        "config_sha256": digest,
-        "overrides": list(overrides),
-        "grid": [{"key": k, "values": list(v)} for k, v in grid],
+        "config": str(Path(config).resolve()) if config is not None else None,
+        "configs_sha256": digest.hexdigest(),
+        "names": list(names),
     }
 
 
+def _asked(overrides: Sequence[str], grid: Sequence[tuple[str, Sequence[str]]]) -> dict[str, Any]:
+    """What the user asked for, as written (for the reader; the identity is above)."""
+    return {"overrides": list(overrides), "grid": [{"key": k, "values": list(v)} for k, v in grid]}
+
+
 _IDENTITY = {  # sweep.json's keys that make a sweep, and what they are called
-    "config": "config file",
-    "config_sha256": "config text",
-    "overrides": "overrides",
-    "grid": "grid",
+    "configs_sha256": "resolved configs",
+    "names": "grid points",
 }
 
 
@@ -311,7 +315,7 @@ def _claim(out: Path, record: dict[str, Any], overwrite: bool) -> bool:
         raise ConfigError(f"{out} is a file, not a directory", source="--out")
     old_file = out / SWEEP_FILE
     if old_file.exists():
-        old = _read_json(old_file)
+        old = read_json(old_file)
         same = old is not None and all(old.get(k) == record[k] for k in _IDENTITY)
         if same and not overwrite:
             return False
@@ -351,13 +355,8 @@ def _remove_runs(out: Path, old: dict[str, Any] | None) -> None:
     (out / COMPARISON_FILE).unlink(missing_ok=True)
 
 
-def _summary(run_dir: Path) -> dict[str, Any] | None:
-    data = _read_json(run_dir / "summary.json")
-    return data if isinstance(data, dict) else None
-
-
 def _action(run_dir: Path) -> Action:
-    summary = _summary(run_dir)
+    summary = read_summary(run_dir)
     if summary is not None and summary.get("status") in FINISHED:
         return "skip"
     if summary is None and (run_dir / "checkpoint.pt").is_file():
@@ -365,18 +364,8 @@ def _action(run_dir: Path) -> Action:
     return "run"
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _write_json(path: Path, data: Any) -> None:
-    """Write whole or not at all: a temporary file renamed over the old one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 # --- running ------------------------------------------------------------------------------
@@ -390,24 +379,28 @@ def run_point(
     status and headline, or the error that stopped it; never raises."""
     from p2pfed.experiment import resume, run
 
+    note = None
     try:
         result = None
         if action == "resume":
-            with contextlib.suppress(CheckpointError):  # unusable: start again instead
+            try:
                 result = resume(run_dir, progress="off")
+            except CheckpointError as exc:  # unusable: start again instead, and say why
+                note = f"its checkpoint could not be used ({exc}); it ran again from the start"
         if result is None:
             result = run(config, out=run_dir, progress="off", overwrite=True)
     except ConfigError as exc:
         if exc.source == "<config>":  # the resolved config object: name the file instead
             exc = ConfigError(exc.message, source=source, key=exc.key)
-        return {"status": "failed", "error": f"ConfigError: {exc}"}
+        return {"status": "failed", "error": f"ConfigError: {exc}", "note": note}
     except Exception as exc:
-        return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        return {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "note": note}
     status = result.summary.get("status")
     return {
         "status": "completed" if status in FINISHED else "failed",
         "error": None if status in FINISHED else f"the run ended with status {status}",
-        "headline": headline(result.summary),
+        "note": note,
+        "headline": headline_figures(result.summary),
     }
 
 
@@ -445,6 +438,12 @@ def sweep(
         for i, p in enumerate(plan.runs)
         if p.action == "skip"
     }
+    for i, run in runs.items():  # finished earlier, but killed before its report was drawn
+        if not (run.run_dir / REPORT_FILE).exists():
+            try:
+                write_report(run.run_dir)
+            except (P2PFedError, OSError) as exc:
+                runs[i] = dataclasses.replace(run, note=f"its report could not be drawn: {exc}")
     todo = deque(i for i, p in enumerate(plan.runs) if p.action != "skip")
     with _SweepProgress(progress, len(plan.runs), len(runs)) as bar:
         if todo:
@@ -479,13 +478,16 @@ def _execute(
     in_flight: dict[Any, int] = {}
     try:
         limit = parallel or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        gpus = float(ray.cluster_resources().get("GPU", 0))
         # a worker that dies is not retried: the failure is recorded, a rerun retries it
-        task = ray.remote(num_cpus=1, max_retries=0)(run_point)
+        task = ray.remote(max_retries=0)(run_point)
         while todo or in_flight:
             while todo and len(in_flight) < limit:
                 i = todo.popleft()
                 p = plan.runs[i]
-                ref = task.remote(p.config, str(p.run_dir.resolve()), p.action, plan.source)
+                ref = task.options(**resources(p.config, gpus)).remote(
+                    p.config, str(p.run_dir.resolve()), p.action, plan.source
+                )
                 in_flight[ref] = i
             ready, _ = ray.wait(list(in_flight), num_returns=1)
             for ref in ready:
@@ -503,12 +505,14 @@ def _execute(
                     outcome["status"],
                     outcome.get("error"),
                     outcome.get("headline") or {},
+                    outcome.get("note"),
                 )
                 entry = plan.record["runs"][i]
                 entry.update(
                     status=outcome["status"],
                     error=outcome.get("error"),
                     headline=outcome.get("headline") or {},
+                    note=outcome.get("note"),
                 )
                 _write_json(plan.out / SWEEP_FILE, plan.record)
                 bar.finished(len(runs), runs[i])
@@ -519,6 +523,14 @@ def _execute(
     finally:
         if started:
             ray.shutdown()
+
+
+def resources(cfg: ExperimentConfig, cluster_gpus: float) -> dict[str, float]:
+    """What one run's task reserves: its torch threads' CPUs, and a GPU when it trains on
+    one (Ray hides the GPUs from a task that reserves none)."""
+    device = cfg.runtime.device
+    gpu = device == "cuda" or (device == "auto" and cluster_gpus > 0)
+    return {"num_cpus": float(cfg.runtime.torch_threads), "num_gpus": 1.0 if gpu else 0.0}
 
 
 class _SweepProgress(ProgressDisplay):
@@ -574,9 +586,9 @@ __all__ = [
     "SweepResult",
     "SweepRun",
     "grid_points",
-    "headline",
     "parse_grid",
     "prepare",
+    "resources",
     "run_names",
     "run_point",
     "sweep",

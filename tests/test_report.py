@@ -75,6 +75,15 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
+def _copy_run(src: Path, dst: Path) -> Path:
+    """A copy of a run directory's files, to alter without touching the shared runs."""
+    dst.mkdir()
+    for f in src.iterdir():
+        if f.is_file():
+            (dst / f.name).write_bytes(f.read_bytes())
+    return dst
+
+
 def _plots(text: str) -> dict[str, bytes]:
     """Every embedded plot of a report: its data-plot name and its decoded PNG bytes."""
     found = re.findall(
@@ -112,7 +121,8 @@ def test_report_sections_say_why_they_are_empty(runs: dict[str, Path]) -> None:
     text = (runs["coordinated"] / "report.html").read_text()
     assert 'data-empty="attacks"' in text and "no observing adversary" in text
     assert 'data-empty="privacy"' in text and "no differential privacy" in text
-    assert "secagg" in text
+    summary_section = text.split('<section id="summary">')[1].split("</section>")[0]
+    assert "<b>secagg</b><span>protection</span>" in summary_section
     # FedAvg peers all hold the round's model: the plot would be empty, and says why
     assert 'data-empty="consensus"' in text and "distance 0 throughout" in text
 
@@ -246,19 +256,16 @@ def test_reports_render_in_a_browser(runs: dict[str, Path], tmp_path: Path) -> N
         assert result.screenshot is not None and result.screenshot.stat().st_size > 10_000
 
 
-def test_large_runs_draw_spreads_and_histograms(tmp_path: Path) -> None:
-    """The large-run paths draw: above 64 peers the spread without per-peer lines, above
-    128 participants a histogram of per-edge bytes (small, where heatmaps would not be)."""
-    from p2pfed.report import MAX_HEATMAP, MAX_PEER_LINES, RunData, plot_edge_bytes, plot_over_time
+def _synthetic_run(tmp_path: Path, n: int) -> Any:
+    from p2pfed.report import RunData
 
-    n = 200
     rng = np.random.default_rng(0)
     metrics = [
         {
             "tick": k,
             "t": 0.5 * k,
             "peer": p,
-            "test_acc": float(rng.uniform(0, 1)),
+            "test_acc": float(rng.uniform()),
             "consensus_dist": 0.1,
         }
         for k in range(5)
@@ -276,7 +283,7 @@ def test_large_runs_draw_spreads_and_histograms(tmp_path: Path) -> None:
         }
         for p in range(n)
     ]
-    run_data = RunData(
+    return RunData(
         run_dir=tmp_path,
         name="big",
         config={"topology": {"kind": "ring", "n": n}},
@@ -288,10 +295,99 @@ def test_large_runs_draw_spreads_and_histograms(tmp_path: Path) -> None:
         labels=None,
         spells=[],
     )
-    assert n > MAX_PEER_LINES and n > MAX_HEATMAP
-    small = RunData(**{**run_data.__dict__, "metrics": [m for m in metrics if m["peer"] < 8]})
-    big_png = base64.b64decode(plot_over_time(run_data, "test_acc", "acc") or "")
-    small_png = base64.b64decode(plot_over_time(small, "test_acc", "acc") or "")
-    assert big_png.startswith(b"\x89PNG") and small_png.startswith(b"\x89PNG")
-    hist = base64.b64decode(plot_edge_bytes(run_data) or "")
-    assert hist.startswith(b"\x89PNG") and len(hist) < 100_000
+
+
+def test_large_runs_draw_spreads_and_histograms(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Up to 64 peers a line per peer, above only the spread; up to 128 participants three
+    heatmaps, above one histogram of per-edge bytes."""
+    import p2pfed.report as report
+
+    figures: list[Any] = []
+    monkeypatch.setattr(report, "_png", lambda fig: figures.append(fig) or "")
+    for n in (report.MAX_PEER_LINES, report.MAX_PEER_LINES + 1):
+        report.plot_over_time(_synthetic_run(tmp_path, n), "test_acc", "acc")
+    few, many = (len(fig.axes[0].lines) for fig in figures)
+    assert few == report.MAX_PEER_LINES + 1 and many == 1  # the peers' lines, then the mean
+    figures.clear()
+    for n in (report.MAX_HEATMAP, report.MAX_HEATMAP + 1):
+        report.plot_edge_bytes(_synthetic_run(tmp_path, n))
+    heatmaps, histogram = figures
+    assert sum(len(ax.images) for ax in heatmaps.axes) == 3  # one per kind, crypto empty
+    assert any(t.get_text() == "no crypto bytes" for ax in heatmaps.axes for t in ax.texts)
+    assert sum(len(ax.images) for ax in histogram.axes) == 0 and histogram.axes[0].patches
+
+
+def test_report_reads_what_a_kill_cut_short(runs: dict[str, Path], tmp_path: Path) -> None:
+    cut = _copy_run(runs["watched"], tmp_path / "cut")
+    with (cut / "edges.csv").open("a") as f:
+        f.write("3,4,1")  # a row cut short
+    data = load_run(cut)
+    assert len(data.edges) == len(load_run(runs["watched"]).edges)
+    assert any("edges.csv line" in m for m in data.missing)
+
+
+def test_report_embeds_only_attack_grids(runs: dict[str, Path], tmp_path: Path) -> None:
+    """A crafted attacks row cannot make a mailed report carry any other file."""
+    crafted = _copy_run(runs["watched"], tmp_path / "crafted")
+    (tmp_path / "secret.png").write_bytes(b"\x89PNG not yours")
+    summary = json.loads((crafted / "summary.json").read_text())
+    summary["attacks"][0]["image"] = "../secret.png"
+    (crafted / "summary.json").write_text(json.dumps(summary))
+    text = write_report(crafted).read_text()
+    assert base64.b64encode(b"\x89PNG not yours").decode() not in text
+    assert "not an attack image name" in text
+
+
+def test_time_limited_and_analysing_runs_are_not_called_failed(
+    runs: dict[str, Path], tmp_path: Path
+) -> None:
+    for status, says in (("time_limit", "time limit"), ("analysing", "attack analysis did not")):
+        d = _copy_run(runs["coordinated"], tmp_path / status)
+        summary = json.loads((d / "summary.json").read_text())
+        (d / "summary.json").write_text(json.dumps({**summary, "status": status}))
+        text = write_report(d).read_text()
+        assert says in text and 'class="fail"' not in text, status
+
+
+def test_comparison_survives_names_matplotlib_would_read(
+    runs: dict[str, Path], tmp_path: Path
+) -> None:
+    """Run names are directory names: `$` would be maths to matplotlib, a leading `_` would
+    hide the legend entry, `#` would cut a link."""
+    dirs = []
+    for name in ("lr$0.1$", "_base", "a#b"):
+        d = _copy_run(runs["coordinated"], tmp_path / name)
+        summary = json.loads((d / "summary.json").read_text())
+        (d / "summary.json").write_text(json.dumps({**summary, "run_id": name}))
+        dirs.append(d)
+    text = write_comparison(dirs, tmp_path / "c.html").read_text()
+    assert "a%23b/report.html" in text
+    hrefs = re.findall(r'<a href="([^"#]+)">', text)
+    assert len(hrefs) == 3
+    from urllib.parse import unquote
+
+    assert all((tmp_path / unquote(h)).is_file() for h in hrefs)
+
+
+def test_a_failed_attack_analysis_fails_the_run_and_shows_in_its_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run trained fine, but a run whose attacks were not analysed is not finished: a
+    sweep reruns it and `--resume` goes on with it."""
+    import p2pfed.experiment as experiment
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the inversion broke")
+
+    monkeypatch.setattr(experiment, "_attacks", broken)
+    cfg = _watched()
+    cfg["protocol"] = {"kind": "dpsgd", "rounds": 2}
+    with pytest.raises(RuntimeError, match="inversion broke"):
+        run(cfg, out=tmp_path / "r")
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["status"] == "failed"
+    assert summary["attacks_error"] == "RuntimeError: the inversion broke"
+    text = (tmp_path / "r" / "report.html").read_text()
+    assert "the attack analysis failed: RuntimeError: the inversion broke" in text

@@ -48,7 +48,8 @@ def test_parse_grid_keeps_keys_in_order_and_values_as_text() -> None:
         (["seed="], "no values"),
         (["seed=1,,2"], "empty value"),
         (["seed=1,"], "empty value"),
-        (["seed=1,2,1"], "'1' given twice"),
+        (["seed=1,2,1"], "'1', '1' are the same value"),
+        (["partition.alpha=0.1,0.10"], "'0.1', '0.10' are the same value"),
         (["seed=1", "seed=2"], "given twice; list all its values"),
     ],
 )
@@ -136,13 +137,20 @@ def test_another_sweep_in_out_is_refused_and_overwrite_removes_only_its_runs(
     (out / COMPARISON_FILE).write_text("old")
     (out / "notes.txt").write_text("mine")
     for grid, overrides, what in [
-        ([("seed", ["1", "3"])], [], "different grid"),
-        ([("seed", ["1", "2"])], ["protocol.rounds=3"], "different overrides"),
+        ([("seed", ["1", "3"])], [], "different resolved configs, grid points"),
+        ([("seed", ["1", "2"])], ["protocol.rounds=3"], "different resolved configs"),
     ]:
         with pytest.raises(ConfigError, match=f"holds another sweep \\({what}\\).*--overwrite"):
             prepare(config_file, grid, out=out, overrides=overrides)
-    config_file.write_text(config_file.read_text() + "\n# edited\n")
-    with pytest.raises(ConfigError, match=r"\(different config text\)"):
+    config_file.write_text(config_file.read_text() + "\n# a comment changes no config\n")
+    assert [r.action for r in prepare(config_file, [("seed", ["1", "2"])], out=out).runs] == [
+        "run",
+        "run",
+    ]
+    edited = yaml.safe_load(config_file.read_text())
+    edited["training"]["lr"] = 0.05
+    config_file.write_text(yaml.safe_dump(edited))
+    with pytest.raises(ConfigError, match=r"\(different resolved configs\)"):
         prepare(config_file, [("seed", ["1", "2"])], out=out)
     plan = prepare(config_file, [("seed", ["7"])], out=out, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt", SWEEP_FILE]
@@ -258,3 +266,56 @@ def test_cli_sweep_refuses_a_bad_grid_before_anything_runs(
     )
     assert code == 2 and "protocol.kind" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_task_reserves_its_threads_and_a_gpu_when_it_trains_on_one() -> None:
+    from p2pfed.config import config_from_mapping
+    from p2pfed.sweep import resources
+
+    def cfg(**runtime: object) -> object:
+        return config_from_mapping(small_config(runtime=runtime))
+
+    assert resources(cfg(), 0) == {"num_cpus": 1.0, "num_gpus": 0.0}  # type: ignore[arg-type]
+    assert resources(cfg(torch_threads=2), 0)["num_cpus"] == 2.0  # type: ignore[arg-type]
+    assert resources(cfg(device="cuda"), 0)["num_gpus"] == 1.0  # type: ignore[arg-type]
+    assert resources(cfg(device="auto"), 0)["num_gpus"] == 0.0  # type: ignore[arg-type]
+    assert resources(cfg(device="auto"), 2)["num_gpus"] == 1.0  # type: ignore[arg-type]
+
+
+def test_an_unusable_checkpoint_reruns_the_point_and_says_why(tmp_path: Path) -> None:
+    from p2pfed.config import config_from_mapping
+    from p2pfed.sweep import run_point
+
+    cfg = config_from_mapping(small_config(protocol={"rounds": 2}))
+    run_dir = tmp_path / "000-seed=1"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    (run_dir / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    outcome = run_point(cfg, str(run_dir), "resume", "small.yaml")
+    assert outcome["status"] == "completed"
+    assert "could not be used" in outcome["note"] and "from the start" in outcome["note"]
+    assert _summary(run_dir)["status"] == "completed"
+
+
+def test_a_failing_point_is_recorded_and_the_others_go_on(
+    ray_local: object, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On a ring a neighbourhood holds 3 models: a trimmed mean can drop 1 from each end,
+    not 2. That is found when the experiment is built, inside the point's task."""
+    from p2pfed.cli import main
+
+    config = tmp_path / "trim.yaml"
+    robust = {"rounds": 2, "robust": {"rule": "trimmed_mean"}}
+    config.write_text(yaml.safe_dump(small_config(protocol=robust)))
+    out = tmp_path / "sweep"
+    argv = ["sweep", str(config), "--grid", "protocol.robust.f=1,2", "--out", str(out)]
+    assert main([*argv, "--progress", "off"]) == 1
+    printed = capsys.readouterr().out
+    assert "completed  000-protocol.robust.f=1" in printed
+    assert "failed     001-protocol.robust.f=2" in printed
+    record = json.loads((out / SWEEP_FILE).read_text())
+    assert [r["status"] for r in record["runs"]] == ["completed", "failed"]
+    assert record["runs"][1]["error"].startswith("ConfigError: ")
+    assert "trim.yaml: protocol.robust: trimmed_mean trims 2" in record["runs"][1]["error"]
+    comparison = (out / COMPARISON_FILE).read_text()
+    assert "000-protocol.robust.f=1" in comparison and "001-protocol.robust.f=2" not in comparison
