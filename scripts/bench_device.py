@@ -45,7 +45,7 @@ def main() -> None:
             "protocol": {"kind": "dpsgd", "rounds": args.rounds},
             "training": {"lr": 0.05, "momentum": 0.9, "batch_size": 16},
             "runtime": {"device": device},
-            "output": {"progress": "off"},
+            "output": {"progress": "off", "report": False},
         }
         built = build(config_from_mapping(cfg))
         where = {p.device.type for s in built.peers for p in s.trainer.model.parameters()}

@@ -164,7 +164,7 @@ def run_cfg(mode: str, hidden: int, rounds: int, key_bits: int) -> dict[str, Any
         "protocol": {"kind": "fedavg", "rounds": rounds},
         "training": {"lr": 0.1},
         "eval": {"interval": 1e6},
-        "output": {"progress": "off", "log_level": "warning"},
+        "output": {"progress": "off", "log_level": "warning", "report": False},
     }
     he = MODES[mode]
     if he is not None:

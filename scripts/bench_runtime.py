@@ -105,7 +105,7 @@ def experiment(n: int, protocol: str, rounds: int, runtime: str, seed: int) -> d
         "network": {"latency": {"min": 0.01, "dist": "constant"}, "bandwidth": None},
         "eval": {"interval": 1e6},  # only the initial and the final evaluation
         "runtime": {"kind": "ray", "hosts": RAY_HOSTS} if runtime == "ray" else {"kind": "local"},
-        "output": {"progress": "off", "log_level": "warning"},
+        "output": {"progress": "off", "log_level": "warning", "report": False},
     }
 
 
@@ -388,7 +388,7 @@ def scale(n: int, rounds: int, runtime: str, seed: int, out: Path) -> dict[str, 
         "training": {"lr": 0.1, "batch_size": 32, "local_steps": 5},
         "eval": {"max_test_samples": 500},
         "runtime": {"kind": "ray", "hosts": RAY_HOSTS} if runtime == "ray" else {"kind": "local"},
-        "output": {"progress": "off", "log_level": "warning"},
+        "output": {"progress": "off", "log_level": "warning", "report": False},
     }
     with PeakMemory(interval=0.5) as mem:  # sparse sampling: this run is timed too
         res = p2pfed.run(cfg, out=out / cfg["name"], overwrite=True, progress="off")

@@ -104,7 +104,7 @@ def gossip_config(n: int, epochs: int, degree: int, seed: int) -> dict[str, Any]
         "protocol": {"kind": "gossip", "rounds": epochs},
         "training": {"lr": 0.1, "batch_size": 32, "local_epochs": 1},
         "runtime": {"kind": "local"},
-        "output": {"progress": "off", "log_level": "warning"},
+        "output": {"progress": "off", "log_level": "warning", "report": False},
     }
 
 
@@ -124,7 +124,7 @@ def secagg_config(n: int, epochs: int, num_shares: int, seed: int) -> dict[str, 
         "training": {"lr": 0.1, "batch_size": 32, "local_epochs": 1},
         "security": security,
         "runtime": {"kind": "local"},
-        "output": {"progress": "off", "log_level": "warning"},
+        "output": {"progress": "off", "log_level": "warning", "report": False},
     }
 
 

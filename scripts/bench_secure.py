@@ -166,7 +166,7 @@ def run_cfg(hidden: int, aggregation: str, rounds: int, epochs: int = 1) -> dict
         "protocol": {"kind": "dpsgd", "rounds": rounds},
         "training": {"lr": 0.05, "batch_size": 32, "local_epochs": epochs},
         "eval": {"interval": 1e6},
-        "output": {"progress": "off", "log_level": "warning"},
+        "output": {"progress": "off", "log_level": "warning", "report": False},
     }
     if aggregation != "plain":
         cfg["security"] = {"aggregation": aggregation}

@@ -46,7 +46,7 @@ def main() -> None:
                 "topology": {"kind": args.topology, "n": args.peers},
                 "protocol": {"kind": protocol, "rounds": args.rounds},
                 "training": {"lr": 0.05, "momentum": 0.9, "batch_size": 16},
-                "output": {"progress": "off"},
+                "output": {"progress": "off", "report": False},
                 **extra,
             }
             s = p2pfed.run(cfg, out=Path(args.out) / f"{protocol}-{cond}").summary

@@ -81,7 +81,7 @@ def _config(args: argparse.Namespace, mode: str, star: bool) -> dict[str, Any]:
             "batch_size": args.batch_size,
             "local_steps": args.local_steps,
         },
-        "output": {"progress": "off"},
+        "output": {"progress": "off", "report": False},
         "adversaries": adversaries,
         **extra,
     }

@@ -62,7 +62,7 @@ def cell_config(
             "robust": {"rule": defence, "f": args.f},
         },
         "training": {"lr": 0.1, "batch_size": 32, "local_steps": 5},
-        "output": {"progress": "off"},
+        "output": {"progress": "off", "report": False},
     }
     count = round(fraction * n)
     if attack != "none" and count:

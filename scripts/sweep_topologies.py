@@ -44,7 +44,7 @@ def main() -> None:
             "topology": {**topo, "n": args.peers},
             "protocol": {"kind": args.protocol, "rounds": args.rounds},
             "training": {"lr": 0.05, "momentum": 0.9, "batch_size": 16},
-            "output": {"progress": "off"},
+            "output": {"progress": "off", "report": False},
         }
         try:
             res = p2pfed.run(cfg, out=Path(args.out) / name)

@@ -16,6 +16,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.ray)
 
 
+@pytest.fixture(autouse=True)
+def _no_reports(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs in tests skip drawing report.html (1-2 s of matplotlib per run, and the suite
+    runs hundreds): the report is drawn after everything is written and changes no result.
+    Tests marked ``report`` (the report's own, the README's) draw it as a user's run does."""
+    if request.node.get_closest_marker("report") is None:
+        import p2pfed.experiment
+
+        monkeypatch.setattr(p2pfed.experiment, "_write_report", lambda *args: None)
+
+
 def small_config(**sections: dict) -> dict:  # type: ignore[type-arg]
     """A fast experiment as a raw mapping; sections replace the defaults key by key."""
     cfg: dict = {  # type: ignore[type-arg]

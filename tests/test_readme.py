@@ -15,6 +15,8 @@ import p2pfed
 from p2pfed.cli import main
 from p2pfed.config import config_from_mapping
 
+pytestmark = pytest.mark.report  # these runs draw their reports
+
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 

@@ -24,6 +24,8 @@ from p2pfed.report import (
 from tests.browser import render, requires_chromium
 from tests.conftest import small_config
 
+pytestmark = pytest.mark.report  # these runs draw their reports
+
 RUN_SECTIONS = (
     "summary",
     "accuracy",
