@@ -23,7 +23,6 @@ import contextlib
 import copy
 import csv
 import datetime as _dt
-import json
 import math
 import time
 import traceback
@@ -90,7 +89,14 @@ from p2pfed.protocol.secure import (
     check_groups,
     secure_settings,
 )
-from p2pfed.results import FINISHED, RunRecorder, final_accuracy, finite, read_metrics
+from p2pfed.results import (
+    FINISHED,
+    RunRecorder,
+    final_accuracy,
+    finite,
+    read_metrics,
+    read_summary,
+)
 from p2pfed.robust import RobustError, check
 from p2pfed.robust.buckets import num_buckets
 from p2pfed.runtime.base import Interceptor, PeerReport, PeerSlot, RunObserver, Tap
@@ -896,14 +902,9 @@ def resume(
     config_path = path / "config.yaml"
     if not config_path.is_file():
         raise CheckpointError(f"{path} holds no run to resume (no config.yaml)")
-    summary_path = path / "summary.json"
-    if summary_path.is_file():
-        try:
-            status = json.loads(summary_path.read_text()).get("status")
-        except (OSError, ValueError, AttributeError):
-            status = None
-        if status in FINISHED:
-            raise CheckpointError(f"the run in {path} finished already (status {status})")
+    status = (read_summary(path) or {}).get("status")
+    if status in FINISHED:
+        raise CheckpointError(f"the run in {path} finished already (status {status})")
     cfg = load_config(config_path)
     ckpt = path / CHECKPOINT_FILE
     state = checkpoint.loads(checkpoint.read(ckpt)) if ckpt.is_file() else None
