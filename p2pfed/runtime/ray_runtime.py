@@ -493,6 +493,15 @@ class PeerHost:
 PRIVATE_RAY_SYSTEM_CONFIG: dict[str, Any] = {"max_direct_call_object_size": 512 * 1024}
 
 
+#: What ``ray.init`` raises when it cannot join: a failed connection, or Ray's error for a
+#: refused token where it raises one (Rays without token authentication have no such class).
+_JOIN_ERRORS: tuple[type[Exception], ...] = tuple(
+    cls
+    for cls in (ConnectionError, getattr(ray.exceptions, "AuthenticationError", None))
+    if cls is not None
+)
+
+
 def connect(address: str | None, timeout: float = 5.0) -> bool:
     """Join or start Ray; returns whether this call started it (and should shut it down).
 
@@ -520,10 +529,23 @@ def connect(address: str | None, timeout: float = 5.0) -> bool:
             ) from None
     try:
         ray.init(address=address, **quiet)
-    except ConnectionError as exc:
+    except _JOIN_ERRORS as exc:
+        # Ray reports a refused token as a failed connection after ~20 s of retries (it logs
+        # InvalidAuthToken meanwhile), so the hint names tokens whenever one may be the cause.
+        if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+            token = (
+                "or is this driver's token (~/.ray/auth_token or RAY_AUTH_TOKEN) not the head's?"
+            )
+        else:
+            token = (
+                "or does the cluster use Ray's token authentication? then set "
+                "RAY_AUTH_MODE=token here and copy the head's ~/.ray/auth_token, as in the "
+                "README's cluster step"
+            )
         raise RuntimeFailure(
-            f"cannot join a Ray cluster at {address}: {exc} (start one with `ray start --head`, "
-            "or leave runtime.address unset for a private instance on this machine)"
+            f"cannot join a Ray cluster at {address}: {exc} (is `ray start --head` running "
+            f"there, {token}; or leave runtime.address unset for a private instance on this "
+            "machine)"
         ) from None
     return True
 
