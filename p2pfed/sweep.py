@@ -20,8 +20,9 @@ The sweep directory::
       comparison.html   the comparison report of the finished runs (p2pfed.report)
 
 Resuming: running the same sweep again (the same resolved config at every point, under the
-same run names) goes on where the last one stopped; an edited topology file or changed
-defaults make it another sweep, a value written ``0.10`` instead of ``0.1`` does not. A run
+same run names, and for ``npz`` data the same file contents) goes on where the last one
+stopped; an edited topology or data file or changed defaults make it another sweep, a value
+written ``0.10`` instead of ``0.1`` does not. A run
 whose ``summary.json`` says it finished (``completed``, or ``time_limit``: a finished run
 too) is skipped, and gets its report drawn if it was killed before that. A run with a
 ``checkpoint.pt`` and no finished summary (killed midway, or while its attacks were being
@@ -290,11 +291,27 @@ def _identity(
     for cfg in configs:
         digest.update(cfg.to_yaml().encode())
         digest.update(b"\0")
-    return {
+    identity: dict[str, Any] = {
         "config": str(Path(config).resolve()) if config is not None else None,
         "configs_sha256": digest.hexdigest(),
         "names": list(names),
     }
+    files = sorted({c.data.path for c in configs if c.data.dataset == "npz" and c.data.path})
+    if files:  # only then: a sweep on bundled data records no such key
+        identity["data_sha256"] = {f: _file_sha256(Path(f).expanduser()) for f in files}
+    return identity
+
+
+def _file_sha256(path: Path) -> str | None:
+    """The file's SHA-256 (``None`` when it cannot be read: its runs fail with the reason)."""
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
 
 
 def _asked(overrides: Sequence[str], grid: Sequence[tuple[str, Sequence[str]]]) -> dict[str, Any]:
@@ -305,6 +322,7 @@ def _asked(overrides: Sequence[str], grid: Sequence[tuple[str, Sequence[str]]]) 
 _IDENTITY = {  # sweep.json's keys that make a sweep, and what they are called
     "configs_sha256": "resolved configs",
     "names": "grid points",
+    "data_sha256": "data files",  # present only for npz data
 }
 
 
@@ -316,7 +334,7 @@ def _claim(out: Path, record: dict[str, Any], overwrite: bool) -> bool:
     old_file = out / SWEEP_FILE
     if old_file.exists():
         old = read_json(old_file)
-        same = old is not None and all(old.get(k) == record[k] for k in _IDENTITY)
+        same = old is not None and all(old.get(k) == record.get(k) for k in _IDENTITY)
         if same and not overwrite:
             return False
         if not same and not overwrite:
@@ -324,7 +342,7 @@ def _claim(out: Path, record: dict[str, Any], overwrite: bool) -> bool:
                 "its sweep.json cannot be read"
                 if old is None
                 else "different "
-                + ", ".join(label for k, label in _IDENTITY.items() if old.get(k) != record[k])
+                + ", ".join(label for k, label in _IDENTITY.items() if old.get(k) != record.get(k))
             )
             raise ConfigError(
                 f"{out} holds another sweep ({differs}); choose another --out, or pass "

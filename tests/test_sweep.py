@@ -157,6 +157,31 @@ def test_another_sweep_in_out_is_refused_and_overwrite_removes_only_its_runs(
     assert [r.name for r in plan.runs] == ["000-seed=7"]
 
 
+def test_an_edited_npz_data_file_makes_another_sweep(tmp_path: Path) -> None:
+    """The identity covers a data file's contents, not only its path."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "mine.npz"
+    np.savez(data, x=rng.normal(size=(60, 8)).astype(np.float32), y=np.arange(60) % 3)
+    cfg = small_config(protocol={"rounds": 2})
+    cfg["data"] = {"dataset": "npz", "path": "mine.npz"}  # relative to the config file
+    config = tmp_path / "npz.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    out, grid = tmp_path / "sweep", [("seed", ["1", "2"])]
+    prepare(config, grid, out=out)
+    record = json.loads((out / SWEEP_FILE).read_text())
+    assert list(record["data_sha256"]) == [str(data.resolve())]
+    assert [r.action for r in prepare(config, grid, out=out).runs] == ["run", "run"]
+    np.savez(data, x=rng.normal(size=(60, 8)).astype(np.float32), y=np.arange(60) % 3)
+    with pytest.raises(ConfigError, match=r"holds another sweep \(different data files\)"):
+        prepare(config, grid, out=out)
+    data.unlink()  # unreadable: recorded as such; the runs themselves say why
+    prepare(config, grid, out=tmp_path / "gone")
+    gone = json.loads((tmp_path / "gone" / SWEEP_FILE).read_text())
+    assert list(gone["data_sha256"].values()) == [None]
+
+
 def test_the_same_sweep_goes_on_where_it_stopped(config_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "sweep"
     grid = [("seed", ["1", "2", "3", "4"])]
