@@ -8,7 +8,8 @@
     p2pfed report RUN_DIR [--out FILE]
     p2pfed compare RUN_DIR... [--out FILE]
     p2pfed sweep [CONFIG] --grid path.to.key=v1,v2 [--grid ...] [--set ...] [--out DIR]
-                 [--parallel N] [--address auto|HOST:PORT] [--progress MODE] [--overwrite]
+                 [--parallel N] [--address auto|HOST:PORT] [--gpus-per-run SHARE]
+                 [--progress MODE] [--overwrite]
     p2pfed topology show FILE [--png PATH] [--seed N]
 
 Exit codes: 0 success; 1 the run failed; 2 bad input (config, topology file, overrides) —
@@ -85,6 +86,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="auto|HOST:PORT",
         help="run on a Ray cluster ('auto': the one this machine belongs to) instead of a "
         "private instance on this machine",
+    )
+    sweep.add_argument(
+        "--gpus-per-run",
+        type=float,
+        default=1.0,
+        metavar="SHARE",
+        help="the share of a GPU each run that trains on one reserves (default 1; 0.25 "
+        "puts four runs on each GPU)",
     )
     sweep.add_argument("--progress", choices=["auto", "bar", "plain", "off"], default="auto")
     sweep.add_argument(
@@ -244,6 +253,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         parallel=args.parallel,
         progress=args.progress,
         overwrite=args.overwrite,
+        gpus_per_run=args.gpus_per_run,
     )
     for rec in result.runs:
         acc = (rec.headline or {}).get("mean_acc")

@@ -36,16 +36,16 @@ Why Ray tasks: each experiment trains its peers single-threaded in one process
 (``runtime.torch_threads``, 1 by default: many small models train fastest that way), so a
 sweep is embarrassingly parallel and one run per core is the best use of a machine or a
 cluster. Ray places the tasks and keeps at most ``parallel`` (default: the cluster's CPUs)
-in flight. Each task reserves ``runtime.torch_threads`` CPUs, and one GPU when the run asks
-for ``runtime.device: cuda`` (or ``auto`` on a cluster that has GPUs): Ray hides the GPUs
-from a task that reserves none. A run inside a task is always in-process
-(``runtime.kind: ray`` is refused: it would start actors from inside a task). The driver
-resolves and validates every point's config before anything runs, so a grid with a value
-the config refuses fails at once; what only building the experiment finds (a robust rule's
-precondition on the actual graph, say) fails that point's run alone. The driver ships the
-resolved config to the task (topology files inlined, data paths absolute), so nothing
-depends on the worker's working directory; on a cluster, ``OUT`` must be on a file system
-every node sees.
+in flight. Each task reserves ``runtime.torch_threads`` CPUs, and one GPU (or the share
+``gpus_per_run`` says) when the run asks for ``runtime.device: cuda`` (or ``auto`` on a
+cluster that has GPUs): Ray hides the GPUs from a task that reserves none. A run inside a
+task is always in-process (``runtime.kind: ray`` is refused: it would start actors from
+inside a task). The driver resolves and validates every point's config before anything
+runs, so a grid with a value the config refuses fails at once; what only building the
+experiment finds (a robust rule's precondition on the actual graph, say) fails that point's
+run alone. The driver ships the resolved config to the task (topology files inlined, data
+paths absolute), so nothing depends on the worker's working directory; on a cluster,
+``OUT`` must be on a file system every node sees.
 
 A run that raises, or whose worker dies, is recorded as failed with its error and the
 others go on; tasks are not retried (running the sweep again retries, from a checkpoint
@@ -432,6 +432,7 @@ def sweep(
     parallel: int | None = None,
     progress: str = "auto",
     overwrite: bool = False,
+    gpus_per_run: float = 1.0,
 ) -> SweepResult:
     """Run ``config`` at every point of ``grid`` as Ray tasks, at most ``parallel`` at once
     (default: the cluster's CPUs), into ``out`` (one run directory per point, ``sweep.json``,
@@ -440,7 +441,9 @@ def sweep(
     ``address`` as for ``p2pfed run --address``: ``None`` starts a private Ray instance
     (shut down at the end), ``auto`` or ``HOST:PORT`` joins a cluster; an instance already
     running in this process is used as it is. ``progress``: ``auto`` (a bar on a terminal,
-    lines otherwise), ``bar``, ``plain`` or ``off``, on stderr. A bad grid, config or
+    lines otherwise), ``bar``, ``plain`` or ``off``, on stderr. ``gpus_per_run``: the share
+    of a GPU each run that trains on one reserves (``0.25`` puts four runs on a GPU; Ray
+    takes a fraction below 1 or a whole number). A bad grid, config or
     ``out`` raises :class:`~p2pfed.errors.ConfigError` before anything runs; a failed run
     does not raise (see :attr:`SweepResult.failed`).
     """
@@ -448,6 +451,11 @@ def sweep(
         raise ConfigError(f"{progress!r} is not one of {', '.join(_PROGRESS)}", source="--progress")
     if parallel is not None and parallel < 1:
         raise ConfigError(f"must be at least 1, not {parallel}", source="--parallel")
+    if not (0 < gpus_per_run < 1 or (gpus_per_run >= 1 and float(gpus_per_run).is_integer())):
+        raise ConfigError(
+            f"must be a fraction of a GPU (0 < x < 1) or a whole number, not {gpus_per_run}",
+            source="--gpus-per-run",
+        )
     plan = prepare(config, grid, out=out, overrides=overrides, overwrite=overwrite)
     runs: dict[int, SweepRun] = {
         i: SweepRun(
@@ -465,7 +473,7 @@ def sweep(
     todo = deque(i for i, p in enumerate(plan.runs) if p.action != "skip")
     with _SweepProgress(progress, len(plan.runs), len(runs)) as bar:
         if todo:
-            _execute(plan, todo, runs, address, parallel, bar)
+            _execute(plan, todo, runs, address, parallel, gpus_per_run, bar)
     ordered = [runs[i] for i in range(len(plan.runs))]
     comparison = None
     done = [r.run_dir for r in ordered if r.finished]
@@ -484,6 +492,7 @@ def _execute(
     runs: dict[int, SweepRun],
     address: str | None,
     parallel: int | None,
+    gpus_per_run: float,
     bar: _SweepProgress,
 ) -> None:
     """Run the pending points as Ray tasks, recording each as it ends."""
@@ -503,7 +512,7 @@ def _execute(
             while todo and len(in_flight) < limit:
                 i = todo.popleft()
                 p = plan.runs[i]
-                ref = task.options(**resources(p.config, gpus)).remote(
+                ref = task.options(**resources(p.config, gpus, gpus_per_run)).remote(
                     p.config, str(p.run_dir.resolve()), p.action, plan.source
                 )
                 in_flight[ref] = i
@@ -543,12 +552,17 @@ def _execute(
             ray.shutdown()
 
 
-def resources(cfg: ExperimentConfig, cluster_gpus: float) -> dict[str, float]:
-    """What one run's task reserves: its torch threads' CPUs, and a GPU when it trains on
-    one (Ray hides the GPUs from a task that reserves none)."""
+def resources(
+    cfg: ExperimentConfig, cluster_gpus: float, gpus_per_run: float = 1.0
+) -> dict[str, float]:
+    """What one run's task reserves: its torch threads' CPUs, and ``gpus_per_run`` of a GPU
+    when it trains on one (Ray hides the GPUs from a task that reserves none)."""
     device = cfg.runtime.device
     gpu = device == "cuda" or (device == "auto" and cluster_gpus > 0)
-    return {"num_cpus": float(cfg.runtime.torch_threads), "num_gpus": 1.0 if gpu else 0.0}
+    return {
+        "num_cpus": float(cfg.runtime.torch_threads),
+        "num_gpus": float(gpus_per_run) if gpu else 0.0,
+    }
 
 
 class _SweepProgress(ProgressDisplay):

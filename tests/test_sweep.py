@@ -305,6 +305,31 @@ def test_a_task_reserves_its_threads_and_a_gpu_when_it_trains_on_one() -> None:
     assert resources(cfg(device="cuda"), 0)["num_gpus"] == 1.0  # type: ignore[arg-type]
     assert resources(cfg(device="auto"), 0)["num_gpus"] == 0.0  # type: ignore[arg-type]
     assert resources(cfg(device="auto"), 2)["num_gpus"] == 1.0  # type: ignore[arg-type]
+    share = resources(cfg(device="cuda"), 1, 0.25)  # type: ignore[arg-type]
+    assert share == {"num_cpus": 1.0, "num_gpus": 0.25}
+    assert resources(cfg(), 0, 0.25)["num_gpus"] == 0.0  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("share", [0.0, -0.5, 1.5, float("nan")])
+def test_a_gpu_share_ray_cannot_take_is_refused_before_anything_runs(
+    share: float, config_file: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match="fraction of a GPU") as err:
+        sweep(config_file, [("seed", ["1"])], out=tmp_path / "never", gpus_per_run=share)
+    assert err.value.source == "--gpus-per-run"
+    assert not (tmp_path / "never").exists()
+
+
+def test_cli_passes_the_gpu_share_on(
+    config_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from p2pfed.cli import main
+
+    out = tmp_path / "never"
+    argv = ["sweep", str(config_file), "--grid", "seed=1", "--out", str(out)]
+    assert main([*argv, "--gpus-per-run", "1.5", "--progress", "off"]) == 2
+    assert "--gpus-per-run" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_an_unusable_checkpoint_reruns_the_point_and_says_why(tmp_path: Path) -> None:
