@@ -5,6 +5,7 @@ resumed is refused with the reason."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -153,9 +154,10 @@ def test_a_killed_run_resumed_from_the_command_line_ends_as_one_left_alone(
     proc = _cli("--out", str(killed), *(a for o in overrides for a in ("--set", o)))
     deadline = time.monotonic() + 300
     while _checkpoints_written(killed) < 2:
-        assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr}"
         assert time.monotonic() < deadline, "no checkpoint within 300 s"
-        time.sleep(0.02)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=0.02)  # returns early only if the run ended
+        assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr}"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL

@@ -133,15 +133,15 @@ def readme_cluster(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], str]]:
                         socket.create_connection(("127.0.0.1", port), timeout=1).close()
                         break
                     except OSError:
-                        assert nodes[0].poll() is None, (tmp_path / "node0.log").read_text()
                         assert time.monotonic() < deadline, "the head never opened its port"
-                        time.sleep(0.5)
+                        with contextlib.suppress(subprocess.TimeoutExpired):
+                            nodes[0].wait(timeout=0.5)  # returns early only if it died
+                        assert nodes[0].poll() is None, (tmp_path / "node0.log").read_text()
         deadline = time.monotonic() + 180
-        while _alive_nodes(address, env) < 2:
+        while _alive_nodes(address, env) < 2:  # each probe is a Ray driver: seconds
             for i, node in enumerate(nodes):
                 assert node.poll() is None, (tmp_path / f"node{i}.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "the worker never joined"
-            time.sleep(1)
         yield address, env, run_line
     finally:
         for node in nodes:
