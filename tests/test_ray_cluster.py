@@ -165,28 +165,20 @@ def test_readme_cluster_step_spreads_hosts_over_both_nodes(
     shrink = ["--progress", "off", "--set", "topology.n=6", "--set", "protocol.rounds=3"]
     shrink += ["--set", "runtime.hosts=2", "--set", "output.report=false"]
 
+    def run(name: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        argv = [*readme_argv[:-2], "--out", str(tmp_path / name), *shrink]
+        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+
     # a driver without the token is refused in one line, naming what is missing
     no_token = {k: v for k, v in env.items() if k != "RAY_AUTH_MODE"}
     no_token["HOME"] = str(tmp_path)  # no ~/.ray/auth_token here
-    refused = subprocess.run(
-        [*readme_argv[:-2], "--out", str(tmp_path / "refused"), *shrink],
-        env=no_token,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    refused = run("refused", no_token)
     assert refused.returncode != 0
     assert "RAY_AUTH_MODE=token" in refused.stderr, refused.stderr[-2000:]
     assert "Traceback" not in refused.stderr, refused.stderr[-2000:]
 
     # the README's run line, with the token: one PeerHost on each node
-    out = subprocess.run(
-        [*readme_argv[:-2], "--out", str(tmp_path / "run"), *shrink],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    out = run("run", env)
     assert out.returncode == 0, out.stderr[-2000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "completed"
