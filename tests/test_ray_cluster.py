@@ -94,7 +94,6 @@ def readme_cluster(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], str]]:
     address = f"127.0.0.1:{port}"
     home = tmp_path / "home"
     home.mkdir()
-    temp_dir = Path(tempfile.mkdtemp(prefix="p2pfed-ray-"))  # short: socket paths <= 107 B
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env["HOME"] = str(home)
     name, _, value = shlex.split(export)[1].partition("=")
@@ -112,6 +111,7 @@ def readme_cluster(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], str]]:
     assert (home / ".ray" / "auth_token").stat().st_size > 0
 
     nodes: list[subprocess.Popen[bytes]] = []
+    temp_dir = Path(tempfile.mkdtemp(prefix="p2pfed-ray-"))  # short: socket paths <= 107 B
     extra = ["--block", "--num-cpus", "1", "--temp-dir", str(temp_dir)]
     try:
         for line, dashboard in ((head, ["--include-dashboard=false"]), (worker, [])):
